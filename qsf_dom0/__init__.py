@@ -1,0 +1,1 @@
+"""dom0: authorization decisions, qrexec policy, prompts."""

@@ -1,0 +1,1 @@
+"""The kernel backend: mounting Linux v9fs over trans=fd."""

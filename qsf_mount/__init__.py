@@ -1,0 +1,1 @@
+"""qvm-mount-folder: the client qube's command."""
