@@ -1,0 +1,39 @@
+# Convenience targets; each calls a script or the venv's tools.
+# QSF_VENV selects the virtualenv (default /opt/qsf-venv).
+QSF_VENV ?= /opt/qsf-venv
+PYTHON := $(QSF_VENV)/bin/python
+PYTEST := $(QSF_VENV)/bin/pytest
+SIZE ?= medium
+
+.PHONY: help install test demo lint fuzz test-long bench bench-server test-guest
+
+help:
+	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
+	@echo "make test        the whole suite: pytest (without slow), ruff, mypy (scripts/test.sh)"
+	@echo "make demo        serve a sample folder and read it through diod's 9P clients"
+	@echo "make lint        ruff and mypy only"
+	@echo "make fuzz        the long runs: tests marked slow, hypothesis profile 'long'"
+	@echo "make bench       server benchmark, qsf-server vs diod (SIZE=tiny|small|medium|large)"
+	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
+
+install:
+	bash scripts/install.sh
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+lint: install
+	$(QSF_VENV)/bin/ruff check .
+	$(QSF_VENV)/bin/mypy
+
+fuzz test-long: install
+	HYPOTHESIS_PROFILE=long $(PYTEST) -m slow
+
+bench bench-server: install
+	$(PYTHON) -m bench.server --size $(SIZE) --markdown
+
+test-guest: install
+	$(PYTEST) -m guest

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The whole test suite: install (scripts/install.sh), then pytest, ruff, mypy.
+# Exits non-zero if any of them fails. Arguments go to pytest
+# (default: the whole suite without the `slow` marker). CI=true selects the
+# fixed-seed hypothesis profile and turns missing dependencies into failures.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${QSF_VENV:-/opt/qsf-venv}
+QUBE_UID=1000
+QUBE_GID=1000
+
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+
+bash "$REPO/scripts/install.sh" || { say "FAIL: scripts/install.sh failed"; exit 1; }
+
+# The unprivileged tests run the checkout's code and the venv as uid 1000.
+check_readable_by_qube_user() {
+    ((EUID == 0)) || return 0
+    local dir=$REPO
+    while [[ $dir != / ]]; do
+        if ! setpriv --reuid=$QUBE_UID --regid=$QUBE_GID --clear-groups -- test -x "$dir"; then
+            say "FAIL: uid $QUBE_UID cannot enter $dir; the checkout must be readable by" \
+                "uid $QUBE_UID for the unprivileged tests: clone it elsewhere (e.g. /srv) or" \
+                "chmod o+x $dir"
+            return 1
+        fi
+        dir=$(dirname "$dir")
+    done
+    if ! setpriv --reuid=$QUBE_UID --regid=$QUBE_GID --clear-groups -- \
+        "$VENV/bin/python" -c 'import qsf_p9.messages' 2>/dev/null; then
+        say "FAIL: uid $QUBE_UID cannot run $VENV/bin/python or import the project from $REPO"
+        return 1
+    fi
+}
+check_readable_by_qube_user || exit 1
+
+cd "$REPO" || exit 1
+results=()
+failed=0
+
+run() {
+    local name=$1
+    shift
+    say "running $name: $*"
+    "$@"
+    local rc=$?
+    if [[ $name == pytest && $rc == 5 ]]; then
+        say "pytest collected no tests"
+    fi
+    if ((rc == 0)); then
+        results+=("$name ok")
+    else
+        results+=("$name FAILED (exit $rc)")
+        failed=1
+    fi
+}
+
+if (($# == 0)); then
+    set -- -m "not slow"
+fi
+run pytest "$VENV/bin/pytest" "$@"
+run ruff "$VENV/bin/ruff" check .
+run mypy "$VENV/bin/mypy"
+
+summary=$(IFS=,; printf '%s' "${results[*]}")
+if ((failed)); then
+    say "FAIL: ${summary//,/, }"
+    exit 1
+fi
+say "PASS: ${summary//,/, }"
