@@ -118,9 +118,7 @@ def is_blocked(client: str, server: str, decisions: Iterable[Decision]) -> bool:
     )
 
 
-def most_specific(
-    request: Request, decisions: Iterable[Decision]
-) -> Decision | None:
+def most_specific(request: Request, decisions: Iterable[Decision]) -> Decision | None:
     """The remembered (Always/Deny) decision with the longest folder containing the request.
 
     For equal folders a Deny outranks an Always. Always grants never count for a

@@ -1,0 +1,203 @@
+"""The side effects of qvm-mount-folder, behind one interface that tests fake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    status: int  # exit status; 128 + signal when killed
+    stdout: bytes
+
+
+class Channel(Protocol):
+    """A running `qrexec-client-vm SERVER SERVICE` joined to us by socketpairs."""
+
+    @property
+    def read_fd(self) -> int: ...
+
+    @property
+    def write_fd(self) -> int: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def read_line(self, limit: int) -> bytes | None:
+        """One line without its newline; None at EOF or past `limit` bytes."""
+        ...
+
+    def wait(self) -> int:
+        """The exit status of qrexec-client-vm (128 + signal when killed)."""
+        ...
+
+    def detach(self) -> None:
+        """Close our ends; the process lives on, held by the backend."""
+        ...
+
+    def abort(self) -> None:
+        """Kill the process and close our ends."""
+        ...
+
+
+class System(Protocol):
+    def find_program(self, name: str) -> str | None: ...
+
+    def mount_point_problem(self, path: str) -> str | None:
+        """Why `path` cannot be a mount point, or None."""
+        ...
+
+    def call(self, argv: Sequence[str], data: bytes, limit: int) -> Completed:
+        """Run argv with `data` on stdin; at most `limit` bytes of its stdout kept."""
+        ...
+
+    def open_channel(self, argv: Sequence[str]) -> Channel: ...
+
+    def run(self, argv: Sequence[str], pass_fds: Sequence[int] = ()) -> int: ...
+
+    def read_mounts(self) -> str: ...
+
+    def kernel_mount(self) -> KernelMount | None:
+        """The kernel backend's mount function, if this qube has one."""
+        ...
+
+
+def _status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class SocketChannel:
+    """qrexec-client-vm with stdin and stdout on two AF_UNIX socketpairs."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        to_service, self._service_stdin = socket.socketpair()
+        self._service_stdout, from_service = socket.socketpair()
+        try:
+            # Its own session: the share outlives this command and its terminal.
+            self._process = subprocess.Popen(
+                list(argv),
+                stdin=self._service_stdin.fileno(),
+                stdout=self._service_stdout.fileno(),
+                start_new_session=True,
+            )
+        except BaseException:
+            for sock in (to_service, self._service_stdin, self._service_stdout, from_service):
+                sock.close()
+            raise
+        self._service_stdin.close()
+        self._service_stdout.close()
+        self._to_service = to_service
+        self._from_service = from_service
+
+    @property
+    def read_fd(self) -> int:
+        return self._from_service.fileno()
+
+    @property
+    def write_fd(self) -> int:
+        return self._to_service.fileno()
+
+    def send(self, data: bytes) -> None:
+        self._to_service.sendall(data)
+
+    def read_line(self, limit: int) -> bytes | None:
+        line = bytearray()
+        while len(line) < limit:
+            byte = self._from_service.recv(1)  # never past the line: 9P follows it
+            if not byte:
+                return None
+            if byte == b"\n":
+                return bytes(line)
+            line += byte
+        return None
+
+    def wait(self) -> int:
+        return _status(self._process.wait())
+
+    def detach(self) -> None:
+        self._to_service.close()
+        self._from_service.close()
+
+    def abort(self) -> None:
+        self.detach()
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+class RealSystem:
+    def find_program(self, name: str) -> str | None:
+        # A console script of the same installation first, then PATH.
+        sibling = Path(sys.executable).parent / name
+        if sibling.is_file() and os.access(sibling, os.X_OK):
+            return str(sibling)
+        return shutil.which(name)
+
+    def mount_point_problem(self, path: str) -> str | None:
+        if not os.path.lexists(path):
+            return "does not exist"
+        if not os.path.isdir(path):
+            return "is not a directory"
+        if os.path.ismount(path):
+            return "is already a mount point"
+        return None
+
+    def call(self, argv: Sequence[str], data: bytes, limit: int) -> Completed:
+        with subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(data)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            output = process.stdout.read(limit)
+            process.stdout.close()  # anything beyond `limit` is dropped
+            return Completed(_status(process.wait()), output)
+
+    def open_channel(self, argv: Sequence[str]) -> Channel:
+        return SocketChannel(argv)
+
+    def run(self, argv: Sequence[str], pass_fds: Sequence[int] = ()) -> int:
+        return _status(subprocess.run(list(argv), pass_fds=tuple(pass_fds), check=False).returncode)
+
+    def kernel_mount(self) -> KernelMount | None:
+        return kernel_backend()
+
+    def read_mounts(self) -> str:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as table:
+            return table.read()
+
+
+def kernel_backend() -> KernelMount | None:
+    """qsf_kmount.mount when the kernel backend provides it, else None."""
+    try:
+        import qsf_kmount
+    except ImportError:
+        return None
+    mount = getattr(qsf_kmount, "mount", None)
+    return mount if callable(mount) else None
+
+
+class KernelMount(Protocol):
+    def __call__(
+        self,
+        *,
+        rfd: int,
+        wfd: int,
+        mountpoint: str,
+        source: str,
+        read_only: bool,
+        options: str,
+    ) -> None: ...
