@@ -62,6 +62,8 @@ fi
 run pytest "$VENV/bin/pytest" "$@"
 run ruff "$VENV/bin/ruff" check .
 run mypy "$VENV/bin/mypy"
+# bench/ is not a package of the distribution; check the server benchmark too.
+run mypy-bench "$VENV/bin/mypy" --strict bench/__init__.py bench/ninep_load.py bench/server.py
 
 summary=$(IFS=,; printf '%s' "${results[*]}")
 if ((failed)); then

@@ -1,0 +1,1 @@
+"""Benchmarks against peers (diod, sshfs), side by side in one run."""
