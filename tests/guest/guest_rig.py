@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shlex
 import signal
 import socket
@@ -174,11 +173,4 @@ class Guest:
         if self._qemu is not None and self._qemu.stderr is not None:
             self._qemu.stderr.close()
         for path in (self.control_socket, self.qrexec_socket):
-            with_suppress_unlink(path)
-
-
-def with_suppress_unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            path.unlink(missing_ok=True)
