@@ -122,6 +122,9 @@ class Server:
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
                 server_argv(server, export, msize), stdin=theirs.fileno(), stdout=theirs.fileno(),
                 stderr=log_file, close_fds=True,
+                # diod sometimes crashes when its channel closes: its core
+                # dump lands in the temporary log folder, removed at the end.
+                cwd=log.parent,
             )
         self.sock = ours
         self.connection = Connection(ours)

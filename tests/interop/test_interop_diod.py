@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,9 @@ class Bridge:
         self.log = log
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        # The servers' working directory: diod sometimes crashes when a
+        # connection closes, and its core dump must not stay behind.
+        self.scratch = tempfile.mkdtemp(prefix="qsf-interop-")
 
     def start(self) -> None:
         socat = support.need_program("socat")
@@ -61,7 +66,7 @@ class Bridge:
                 self.process = subprocess.Popen(
                     [socat, f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
                      f"EXEC:{command}"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.scratch,
                 )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -70,6 +75,10 @@ class Bridge:
                 time.sleep(0.02)
             self.stop()  # the port was taken meanwhile, or socat failed: try another
         pytest.fail(f"socat did not listen; its log:\n{self.log.read_text(errors='replace')}")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -109,11 +118,11 @@ def bridge(request: pytest.FixtureRequest, export: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
     log = tmp_path_factory.mktemp("bridge-log") / f"{request.param}.log"
     running = Bridge(_server_argv(request.param, export), log)
-    running.start()
     try:
+        running.start()
         yield running
     finally:
-        running.stop()
+        running.close()
 
 
 def _client(bridge: Bridge, export: Path, program: str, *args: str,
