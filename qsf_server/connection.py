@@ -1,0 +1,225 @@
+"""One 9P2000.L connection: the reader, one task per request, one writer.
+
+The reader feeds the qsf_p9 Decoder and starts a task per request, each in
+its own cancel scope so that Tflush can abandon it. At most `max_in_flight`
+requests run at once (and `max_bulk` of them carry bulk data); when full, the
+reader stops reading, which pushes back on the client. Replies go through a
+bounded channel to a single writer task, so frames never interleave. A
+reply is either in the channel before its Rflush or never sent. Tversion
+waits for every request to end (abandoning them) and starts a new session.
+A framing error closes the connection; a bad message gets Rlerror.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+import trio
+
+from qsf_p9 import constants as c
+from qsf_p9 import messages as m
+from qsf_p9.codec import EOF, NEED_DATA, Decoder, encode
+from qsf_p9.errors import FramingError, MessageError
+from qsf_p9.messages import Message
+
+from .fs import Export
+from .session import DEFAULT_MAX_FIDS, Session
+
+log = logging.getLogger("qsf_server")
+
+DEFAULT_MAX_IN_FLIGHT: Final = 256
+DEFAULT_MAX_BULK: Final = 32
+RECEIVE_CHUNK: Final = 256 * 1024
+_WRITE_BATCH: Final = 64  # frames joined into one write when the writer falls behind
+_BULK: Final = (m.Tread, m.Twrite, m.Treaddir)
+
+
+class Ending(Enum):
+    """Why a connection ended."""
+
+    EOF = "the client closed the stream"
+    FRAMING = "a framing error (the stream is unusable)"
+    BROKEN = "the stream broke"
+
+
+@dataclass(eq=False, slots=True)
+class _InFlight:
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Connection:
+    """Serves an export over one byte stream (a receive half and a send half)."""
+
+    def __init__(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream,
+                 export: Export, *, read_only: bool = False, msize: int = c.MAX_MSIZE,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_bulk: int = DEFAULT_MAX_BULK,
+                 max_fids: int = DEFAULT_MAX_FIDS) -> None:
+        if not c.MIN_MSIZE <= msize <= c.MAX_MSIZE:
+            raise ValueError(f"msize must be within {c.MIN_MSIZE}..{c.MAX_MSIZE}")
+        self._receive = receive
+        self._send = send
+        self.export = export
+        self.read_only = read_only
+        self.max_msize = msize
+        self.max_fids = max_fids
+        self.session: Session | None = None
+        self._decoder = Decoder(replies=False, msize=msize)
+        self._in_flight: dict[int, _InFlight] = {}
+        self._slots = trio.Semaphore(max_in_flight)
+        self._bulk_slots = trio.Semaphore(max_bulk)
+        self._replies, self._reply_queue = trio.open_memory_channel[bytes](max_in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def serve(self) -> Ending:
+        """Serve until EOF, a framing error or a broken stream; always cleans up."""
+        ending = Ending.BROKEN
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                async with self._replies:
+                    ending = await self._read_sessions()
+        finally:
+            if self.session is not None:
+                self.session.close()
+                self.session = None
+        return ending
+
+    # -- reading -----------------------------------------------------------
+
+    async def _read_sessions(self) -> Ending:
+        while True:
+            async with trio.open_nursery() as requests:
+                outcome = await self._read_requests(requests)
+                if outcome is not Ending.EOF:
+                    # Tversion, or the stream is gone: abandon every request unanswered.
+                    requests.cancel_scope.cancel()
+            if isinstance(outcome, Ending):
+                return outcome
+            tag, version = outcome
+            await self._queue(self._new_session(version), tag)
+
+    async def _read_requests(self, requests: trio.Nursery) -> Ending | tuple[int, m.Tversion]:
+        decoder = self._decoder
+        while True:
+            try:
+                item = decoder.next_message()
+            except MessageError as bad:
+                await self._queue(m.Rlerror(bad.errno), bad.tag)
+                continue
+            except FramingError as bad:
+                log.warning("closing the connection: %s", bad)
+                return Ending.FRAMING
+            if item is NEED_DATA:
+                try:
+                    data = await self._receive.receive_some(RECEIVE_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return Ending.BROKEN
+                decoder.receive_data(data)
+                continue
+            if item is EOF:
+                return Ending.EOF
+            tag, message = item
+            if isinstance(message, m.Tversion):
+                return tag, message
+            if self.session is None:
+                await self._queue(m.Rlerror(errno.EPROTO), tag)
+                continue
+            if tag in self._in_flight:
+                await self._queue(m.Rlerror(errno.EBUSY), tag)
+                continue
+            await self._start(requests, tag, message)
+
+    async def _start(self, requests: trio.Nursery, tag: int, message: Message) -> None:
+        await self._slots.acquire()
+        bulk = isinstance(message, _BULK)
+        if bulk:
+            try:
+                await self._bulk_slots.acquire()
+            except BaseException:
+                self._slots.release()
+                raise
+        entry = _InFlight()
+        self._in_flight[tag] = entry
+        requests.start_soon(self._run, tag, message, entry, bulk)
+
+    # -- requests ----------------------------------------------------------
+
+    async def _run(self, tag: int, message: Message, entry: _InFlight, bulk: bool) -> None:
+        try:
+            with entry.scope:
+                if isinstance(message, m.Tflush):
+                    reply: Message = await self._flush(tag, message.oldtag)
+                else:
+                    assert self.session is not None
+                    reply = await self.session.handle(message)
+                await self._queue(reply, tag)
+        finally:
+            if self._in_flight.get(tag) is entry:
+                del self._in_flight[tag]
+            entry.done.set()
+            self._slots.release()
+            if bulk:
+                self._bulk_slots.release()
+
+    async def _flush(self, tag: int, oldtag: int) -> Message:
+        target = self._in_flight.get(oldtag) if oldtag != tag else None
+        if target is not None:
+            target.scope.cancel()
+            # Rflush only once the old request replied or was abandoned.
+            await target.done.wait()
+        return m.Rflush()
+
+    def _new_session(self, request: m.Tversion) -> Message:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        msize = min(request.msize, self.max_msize)
+        if request.version != c.VERSION_9P2000L or msize < c.MIN_MSIZE:
+            return m.Rversion(msize, b"unknown")
+        self.session = Session(self.export, msize=msize, read_only=self.read_only,
+                               max_fids=self.max_fids)
+        self._decoder.msize = msize
+        return m.Rversion(msize, c.VERSION_9P2000L)
+
+    # -- writing -----------------------------------------------------------
+
+    def _frame(self, reply: Message, tag: int) -> bytes:
+        msize = self.session.msize if self.session is not None else self.max_msize
+        try:
+            frame = encode(tag, reply)
+        except ValueError:
+            log.exception("cannot encode %s", type(reply).__name__)
+            frame = encode(tag, m.Rlerror(errno.EIO))
+        if len(frame) >= msize and not isinstance(reply, m.Rversion):
+            log.error("%s of %d bytes does not fit msize %d", type(reply).__name__,
+                      len(frame), msize)
+            frame = encode(tag, m.Rlerror(errno.EMSGSIZE))
+        return frame
+
+    async def _queue(self, reply: Message, tag: int) -> None:
+        await self._replies.send(self._frame(reply, tag))
+
+    async def _writer(self, connection_scope: trio.CancelScope) -> None:
+        async with self._reply_queue:
+            try:
+                async for frame in self._reply_queue:
+                    frames = [frame]
+                    while len(frames) < _WRITE_BATCH:
+                        try:
+                            frames.append(self._reply_queue.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self._send.send_all(frames[0] if len(frames) == 1
+                                              else b"".join(frames))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("the client stopped reading; closing the connection")
+                connection_scope.cancel()
+
