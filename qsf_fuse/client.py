@@ -1,0 +1,502 @@
+"""An async 9P2000.L client on trio: many requests in flight over one byte stream.
+
+One reader task decodes replies and hands each to the call waiting on its tag;
+one writer task sends the frames the calls queue. Every reply is checked
+against its request before the caller sees it (see `_check_reply`): the
+server is another qube and its bytes are hostile. A reply that is wrong for
+its request fails that call with EIO; a stream that can no longer be parsed
+(bad framing, a reply to a tag nobody asked on) kills the connection, after
+which every pending and future call fails with EIO at once.
+
+A call that is cancelled or times out sends Tflush and keeps its tag reserved
+until Rflush or the late reply arrives (reference/9p2000L.md, Tflush), so a
+late reply can never be taken for the answer to a newer request. A server
+that does not answer the Tflush either within the timeout is declared dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+import trio
+
+from qsf_p9 import constants as c
+from qsf_p9 import messages as m
+from qsf_p9.codec import DIRENT_OVERHEAD, EOF, NEED_DATA, Decoder, encode
+from qsf_p9.errors import FramingError, MessageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MSIZE: Final = c.MAX_MSIZE
+DEFAULT_TIMEOUT: Final = 30.0
+# Requests in flight at once; the server bounds its own side too.
+MAX_IN_FLIGHT: Final = 256
+# Largest extended attribute value or list we accept (Linux XATTR_SIZE_MAX).
+XATTR_SIZE_MAX: Final = 65536
+# Longest symlink target we accept (Linux PATH_MAX without the NUL).
+TARGET_MAX: Final = 4095
+_RECEIVE_CHUNK: Final = 256 * 1024
+_SEND_QUEUE: Final = 64
+
+ReplyT = TypeVar("ReplyT", bound=m.Message)
+
+
+class P9Error(Exception):
+    """A call failed; `errno` is the Linux errno to give the application."""
+
+    def __init__(self, errno_: int, message: str = "") -> None:
+        super().__init__(errno_, message or errno.errorcode.get(errno_, str(errno_)))
+        self.errno = errno_
+
+
+class ConnectionLost(P9Error):
+    """The connection to the server is gone (EIO)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EIO, f"connection lost: {reason}")
+        self.reason = reason
+
+
+class BadReply(P9Error):
+    """The server answered a call with a reply that is wrong for it (EIO)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, f"bad reply: {message}")
+
+
+class CallTimeout(P9Error):
+    """The server did not answer within the timeout (ETIMEDOUT)."""
+
+    def __init__(self, request: m.Message) -> None:
+        super().__init__(errno.ETIMEDOUT, f"no reply to {type(request).__name__}")
+
+
+@dataclass(eq=False)
+class _Call:
+    """One request in flight on a tag."""
+
+    request: m.Message
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: m.Message | None = None
+    failure: P9Error | None = None
+    # Set once the caller gave up: a reply then only frees the tag.
+    abandoned: bool = False
+    # Set while a Tflush for this tag waits for its answer.
+    flush_done: trio.Event | None = None
+
+
+def _check_reply(request: m.Message, reply: m.Message, msize: int) -> m.Message:
+    """The reply if it is a valid answer to request; raises P9Error/BadReply otherwise."""
+    if isinstance(reply, m.Rlerror):
+        if not 0 < reply.ecode < 4096:
+            raise BadReply(f"Rlerror with errno {reply.ecode}")
+        raise P9Error(reply.ecode)
+    expected = m.REPLY_TO[type(request)]
+    if type(reply) is not expected:
+        raise BadReply(f"{type(reply).__name__} to {type(request).__name__}")
+    check = _CHECKS.get(expected)
+    if check is not None:
+        check(request, reply, msize)
+    return reply
+
+
+def _check_rversion(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Tversion) and isinstance(reply, m.Rversion)
+    if reply.version != c.VERSION_9P2000L:
+        raise P9Error(errno.EPROTONOSUPPORT, f"server speaks {reply.version!r}, not 9P2000.L")
+    if not c.MIN_MSIZE <= reply.msize <= request.msize:
+        raise BadReply(f"msize {reply.msize} outside {c.MIN_MSIZE}..{request.msize}")
+
+
+def _check_rwalk(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Twalk) and isinstance(reply, m.Rwalk)
+    if len(reply.wqids) > len(request.wnames):
+        raise BadReply(f"{len(reply.wqids)} qids for {len(request.wnames)} names")
+    if request.wnames and not reply.wqids:
+        raise BadReply("Rwalk without qids (the first name must fail with Rlerror)")
+
+
+def _check_rread(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Tread) and isinstance(reply, m.Rread)
+    if len(reply.data) > request.count:
+        raise BadReply(f"Rread of {len(reply.data)} bytes for {request.count} asked")
+
+
+def _check_rwrite(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Twrite) and isinstance(reply, m.Rwrite)
+    if reply.count > len(request.data):
+        raise BadReply(f"Rwrite of {reply.count} bytes for {len(request.data)} sent")
+
+
+def _check_rreaddir(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Treaddir) and isinstance(reply, m.Rreaddir)
+    used = sum(DIRENT_OVERHEAD + len(entry.name) for entry in reply.entries)
+    if used > request.count:
+        raise BadReply(f"Rreaddir of {used} bytes for {request.count} asked")
+
+
+def _check_ropen(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(reply, m.Rlopen | m.Rlcreate)
+    # iounit is only a hint; Opened clamps it, nothing to reject here.
+
+
+def _check_rxattrwalk(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(reply, m.Rxattrwalk)
+    if reply.size > XATTR_SIZE_MAX:
+        raise P9Error(errno.E2BIG, f"extended attribute of {reply.size} bytes")
+
+
+def _check_rreadlink(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(reply, m.Rreadlink)
+    if not reply.target or len(reply.target) > TARGET_MAX or b"\0" in reply.target:
+        raise BadReply("symlink target empty, too long or with a NUL byte")
+
+
+def _check_rgetattr(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(reply, m.Rgetattr)
+    for nsec in (reply.atime_nsec, reply.mtime_nsec, reply.ctime_nsec):
+        if nsec >= 1_000_000_000:
+            raise BadReply(f"Rgetattr with {nsec} nanoseconds")
+
+
+_CHECKS = {
+    m.Rversion: _check_rversion,
+    m.Rwalk: _check_rwalk,
+    m.Rread: _check_rread,
+    m.Rwrite: _check_rwrite,
+    m.Rreaddir: _check_rreaddir,
+    m.Rlopen: _check_ropen,
+    m.Rlcreate: _check_ropen,
+    m.Rxattrwalk: _check_rxattrwalk,
+    m.Rreadlink: _check_rreadlink,
+    m.Rgetattr: _check_rgetattr,
+}
+
+
+class FidPool:
+    """Fid numbers: handed out, given back only once the server forgot them."""
+
+    def __init__(self, first: int = 1) -> None:
+        self._next = first
+        self._free: list[int] = []
+
+    def allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next >= c.NOFID:
+            raise P9Error(errno.EMFILE, "out of fid numbers")
+        fid = self._next
+        self._next += 1
+        return fid
+
+    def release(self, fid: int) -> None:
+        self._free.append(fid)
+
+
+class P9Client:
+    """A 9P2000.L connection. Create with `connect`, inside a nursery that outlives it."""
+
+    def __init__(
+        self,
+        receive_stream: trio.abc.ReceiveStream,
+        send_stream: trio.abc.SendStream,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._receive_stream = receive_stream
+        self._send_stream = send_stream
+        self.timeout = timeout if timeout > 0 else math.inf
+        self.msize = c.MIN_MSIZE
+        self._decoder = Decoder(replies=True, msize=c.MAX_MSIZE)
+        self._calls: dict[int, _Call] = {}
+        self._next_tag = 0
+        self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](_SEND_QUEUE)
+        self._failure: str | None = None
+        self._nursery: trio.Nursery | None = None
+        self.fids = FidPool()
+        self.closed = trio.Event()
+
+    # -- life cycle --------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the reader and writer tasks in `nursery`."""
+        self._nursery = nursery
+        nursery.start_soon(self._reader, name="9p-reader")
+        nursery.start_soon(self._writer, name="9p-writer")
+
+    @property
+    def dead(self) -> bool:
+        return self._failure is not None
+
+    def fail(self, reason: str, *, quiet: bool = False) -> None:
+        """Declare the connection dead: every pending and future call fails with EIO."""
+        if self._failure is not None:
+            return
+        log.log(logging.INFO if quiet else logging.ERROR, "9P connection lost: %s", reason)
+        self._failure = reason
+        for call in self._calls.values():
+            call.failure = ConnectionLost(reason)
+            call.done.set()
+            if call.flush_done is not None:
+                call.flush_done.set()
+        self._calls.clear()
+        self._outbox_send.close()
+        self.closed.set()
+
+    async def aclose(self) -> None:
+        """Close the channel: the server sees EOF."""
+        self.fail("closed by the client", quiet=True)
+        with trio.CancelScope(shield=True):
+            for stream in (self._send_stream, self._receive_stream):
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await stream.aclose()
+
+    # -- tasks -------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        try:
+            async with self._outbox_receive:
+                async for frame in self._outbox_receive:
+                    await self._send_stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self.fail(f"cannot send: {error or type(error).__name__}")
+
+    async def _reader(self) -> None:
+        try:
+            while self._failure is None:
+                data = await self._receive_stream.receive_some(_RECEIVE_CHUNK)
+                self._decoder.receive_data(data)
+                self._dispatch()
+                if not data:
+                    self.fail("the server closed the channel")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self.fail(f"cannot receive: {error or type(error).__name__}")
+        except FramingError as error:
+            self.fail(f"framing error: {error}")
+
+    def _dispatch(self) -> None:
+        """Hand every complete reply to its call."""
+        while self._failure is None:
+            try:
+                item = self._decoder.next_message()
+            except MessageError as error:
+                self._deliver(error.tag, None, BadReply(f"malformed reply: {error}"))
+                continue
+            if item is NEED_DATA:
+                return
+            if item is EOF:
+                self.fail("the server closed the channel")
+                return
+            tag, reply = item
+            self._deliver(tag, reply, None)
+
+    def _deliver(self, tag: int, reply: m.Message | None, failure: P9Error | None) -> None:
+        call = self._calls.get(tag)
+        if call is None or call.done.is_set():
+            self.fail(f"reply on tag {tag} that no request is waiting on")
+            return
+        if isinstance(reply, m.Rflush) and not isinstance(call.request, m.Tflush):
+            # Some servers answer a flushed request with Rflush on its own tag.
+            failure = P9Error(errno.EINTR, "request flushed")
+            reply = None
+        if call.abandoned:
+            # A late reply to a flushed request: the tag stays taken until Rflush.
+            self._after_abandoned(call, reply)
+            call.done.set()
+            return
+        if failure is None and reply is not None:
+            try:
+                reply = _check_reply(call.request, reply, self.msize)
+            except BadReply as error:
+                log.warning("tag %d: %s", tag, error)
+                failure = error
+            except P9Error as error:
+                failure = error
+        call.reply = reply if failure is None else None
+        call.failure = failure
+        del self._calls[tag]
+        call.done.set()
+
+    def _after_abandoned(self, call: _Call, reply: m.Message | None) -> None:
+        """A request the caller gave up on got its reply: undo what it created."""
+        request = call.request
+        try:
+            created = _created_fid(request, reply)
+        except P9Error:
+            created = None
+        if created is not None and self._nursery is not None:
+            self._nursery.start_soon(self._clunk_quietly, created)
+        elif isinstance(request, m.Twalk | m.Txattrwalk) and request.newfid != request.fid:
+            self.fids.release(request.newfid)
+
+    async def _clunk_quietly(self, fid: int) -> None:
+        with contextlib.suppress(P9Error):
+            await self.clunk(fid)
+
+    # -- calls -------------------------------------------------------------
+
+    def _allocate_tag(self) -> int:
+        # At most MAX_IN_FLIGHT + flushes are taken out of 0xFFFF: this ends.
+        while True:
+            tag = self._next_tag
+            self._next_tag = (tag + 1) % c.NOTAG
+            if tag not in self._calls:
+                return tag
+
+    async def call(self, request: m.Message, reply_type: type[ReplyT]) -> ReplyT:
+        """Send request and return its checked reply; raises P9Error."""
+        if self._failure is not None:
+            raise ConnectionLost(self._failure)
+        async with self._slots:
+            if self._failure is not None:
+                raise ConnectionLost(self._failure)
+            tag = self._allocate_tag()
+            frame = encode(tag, request)
+            if len(frame) > self.msize and not isinstance(request, m.Tversion):
+                raise P9Error(errno.EINVAL, f"{type(request).__name__} larger than msize")
+            call = _Call(request)
+            self._calls[tag] = call
+            sent = False
+            try:
+                with trio.move_on_after(self.timeout):
+                    await self._outbox_send.send(frame)
+                    sent = True
+                    await call.done.wait()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ConnectionLost(self._failure or "the writer stopped") from None
+            finally:
+                if not call.done.is_set():
+                    self._abandon(tag, call, sent)
+            if not call.done.is_set():
+                raise CallTimeout(request)
+        if call.failure is not None:
+            raise call.failure
+        assert isinstance(call.reply, reply_type)
+        return call.reply
+
+    def _abandon(self, tag: int, call: _Call, sent: bool) -> None:
+        """The caller stopped waiting (cancelled or timed out)."""
+        if not sent or self._failure is not None:
+            self._calls.pop(tag, None)
+            return
+        call.abandoned = True
+        if isinstance(call.request, m.Tflush):
+            # A flush that nobody answers: the server is not listening.
+            self.fail("the server does not answer Tflush")
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._flush, tag, call)
+
+    async def _flush(self, oldtag: int, old: _Call) -> None:
+        """Flush oldtag; free it on Rflush (its late reply, if any, came first)."""
+        try:
+            await self.call(m.Tflush(oldtag), m.Rflush)
+        except CallTimeout:
+            return  # the flush's own _abandon declared the connection dead
+        except P9Error as error:
+            if self._failure is None:
+                self.fail(f"Tflush failed: {error}")
+            return
+        if self._calls.get(oldtag) is old:
+            if not old.done.is_set():
+                self._after_abandoned(old, None)
+            del self._calls[oldtag]
+
+    # -- typed helpers -----------------------------------------------------
+
+    async def negotiate(self, msize: int) -> int:
+        """Tversion; returns the negotiated msize (also bounds replies from now on)."""
+        msize = max(c.MIN_MSIZE, min(msize, c.MAX_MSIZE))
+        reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        self.msize = reply.msize
+        self._decoder.msize = reply.msize
+        return reply.msize
+
+    async def attach(self, uname: bytes, aname: bytes, n_uname: int) -> tuple[int, m.Qid]:
+        fid = self.fids.allocate()
+        try:
+            reply = await self.call(m.Tattach(fid, c.NOFID, uname, aname, n_uname), m.Rattach)
+        except BaseException:
+            self.fids.release(fid)
+            raise
+        return fid, reply.qid
+
+    async def walk(self, fid: int, names: Sequence[bytes]) -> tuple[int, m.Qid | None]:
+        """Walk from fid to a new fid; returns it and the qid of the last name.
+
+        An empty `names` clones fid (qid None). A walk that stops short fails
+        with ENOENT, as Linux's client treats it.
+        """
+        newfid = self.fids.allocate()
+        chunks = [tuple(names[i : i + c.MAXWELEM]) for i in range(0, len(names), c.MAXWELEM)]
+        qid: m.Qid | None = None
+        try:
+            source = fid
+            for chunk in chunks or [()]:
+                reply = await self.call(m.Twalk(source, newfid, chunk), m.Rwalk)
+                if len(reply.wqids) != len(chunk):
+                    raise P9Error(errno.ENOENT)
+                if reply.wqids:
+                    qid = reply.wqids[-1]
+                source = newfid
+        except BaseException:
+            if source == newfid:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._clunk_quietly, newfid)
+            elif not self._newfid_in_flight(newfid):
+                self.fids.release(newfid)
+            raise
+        return newfid, qid
+
+    def _newfid_in_flight(self, newfid: int) -> bool:
+        """Whether an abandoned request still decides newfid's fate."""
+        return any(
+            call.abandoned and getattr(call.request, "newfid", None) == newfid
+            for call in self._calls.values()
+        )
+
+    async def clunk(self, fid: int) -> None:
+        """Forget fid. Its number is reused only once the server answered."""
+        try:
+            await self.call(m.Tclunk(fid), m.Rclunk)
+        except P9Error as error:
+            # Lost or timed out: the server may still hold it, never reuse the number.
+            if not isinstance(error, ConnectionLost | CallTimeout):
+                self.fids.release(fid)  # the server answered: the fid is gone
+            raise
+        self.fids.release(fid)
+
+    async def xattrwalk(self, fid: int, name: bytes) -> tuple[int, int]:
+        """Txattrwalk to a new fid; returns it and the size of the value (or list)."""
+        newfid = self.fids.allocate()
+        try:
+            reply = await self.call(m.Txattrwalk(fid, newfid, name), m.Rxattrwalk)
+        except BaseException:
+            if not self._newfid_in_flight(newfid):
+                self.fids.release(newfid)
+            raise
+        return newfid, reply.size
+
+
+def _created_fid(request: m.Message, reply: m.Message | None) -> int | None:
+    """The fid a successful reply created on the server, which needs a clunk."""
+    if reply is None or isinstance(reply, m.Rlerror):
+        return None
+    if isinstance(request, m.Twalk) and isinstance(reply, m.Rwalk):
+        if request.newfid != request.fid and len(reply.wqids) == len(request.wnames):
+            return request.newfid
+        return None
+    if isinstance(request, m.Txattrwalk) and isinstance(reply, m.Rxattrwalk):
+        return request.newfid
+    if isinstance(request, m.Tattach) and isinstance(reply, m.Rattach):
+        return request.fid
+    return None

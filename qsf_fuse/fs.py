@@ -1,0 +1,723 @@
+"""The pyfuse3 file system: every kernel request becomes 9P2000.L calls.
+
+Errors become FUSEError at one boundary (`_boundary`): a server's Rlerror errno
+passes through, anything unexpected becomes EIO plus a log line, so that no
+handler can kill the mount.
+
+Coherence with a server that changes files under us: entries and attributes
+live `cache_timeout` seconds in the kernel (1 s by default); file data in the
+page cache is kept across opens only while qid.version, mtime and size are
+unchanged, and a file whose qid.version is 0 (a server that does not version
+its files, such as diod) is read and written without the page cache
+(direct_io) unless `ignoreqv` is set. Locks are not sent to the server:
+pyfuse3 has no lock handlers, so POSIX and flock locks are local to this client.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from qsf_p9 import constants as c
+from qsf_p9 import messages as m
+
+from . import convert
+from .client import XATTR_SIZE_MAX, BadReply, P9Client, P9Error
+from .inodes import InodeMap, Node, UnknownInode
+
+log = logging.getLogger(__name__)
+
+# Readdirplus entries resolved (walk + getattr) concurrently.
+READDIR_BATCH: Final = 32
+# A directory listing longer than this is cut (a server could list forever).
+MAX_DIR_ENTRIES: Final = 4_000_000
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class FsOptions:
+    cache_timeout: float = 1.0  # kernel entry and attribute cache, seconds
+    ignoreqv: bool = False  # use the page cache even when qid.version is 0
+
+
+def _boundary(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Convert every error of a handler to FUSEError, the only one pyfuse3 accepts."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except P9Error as error:
+            raise pyfuse3.FUSEError(error.errno) from None
+        except UnknownInode as error:
+            log.warning("%s: unknown inode %s", handler.__name__, error)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(eq=False)
+class OpenFile:
+    fid: int
+    node: Node
+    iounit: int
+    append: bool
+
+
+@dataclass(eq=False)
+class OpenDir:
+    fid: int
+    node: Node
+    # Entries fetched so far, in server order: position i has next_id i + 1.
+    entries: list[tuple[bytes, m.Qid]] = field(default_factory=list)
+    cookie: int = 0  # the 9P offset to continue from
+    eof: bool = False
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(
+        self,
+        client: P9Client,
+        root_fid: int,
+        root_qid: m.Qid,
+        nursery: trio.Nursery,
+        options: FsOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._nursery = nursery
+        self._options = options or FsOptions()
+        self._nodes = InodeMap(root_fid, root_qid, self._release_fid)
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
+        self._next_fh = 1
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def nodes(self) -> InodeMap:
+        return self._nodes
+
+    def _release_fid(self, fid: int) -> None:
+        """Clunk fid in the background (called when the inode map lets go of it)."""
+        self._nursery.start_soon(self._clunk_quietly, fid)
+
+    async def _clunk_quietly(self, fid: int) -> None:
+        try:
+            await self._client.clunk(fid)
+        except P9Error as error:
+            if not self._client.dead:
+                log.debug("clunk of fid %d: %s", fid, error)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    @property
+    def _io_max(self) -> int:
+        return self._client.msize - c.IOHDRSZ
+
+    def _iounit(self, iounit: int) -> int:
+        return min(iounit, self._io_max) if iounit > 0 else self._io_max
+
+    async def _getattr_fid(self, fid: int) -> m.Rgetattr:
+        return await self._client.call(m.Tgetattr(fid, c.GETATTR_BASIC), m.Rgetattr)
+
+    def _entry(self, node: Node, reply: m.Rgetattr) -> pyfuse3.EntryAttributes:
+        """The kernel's view of node from a fresh Rgetattr (also cached on node)."""
+        if stat.S_ISDIR(reply.mode) != node.key[1]:
+            raise BadReply("a qid and the mode of its file disagree on being a directory")
+        attrs = convert.entry_attributes(reply, node.inode, self._options.cache_timeout)
+        node.attrs = attrs
+        node.attrs_expiry = trio.current_time() + self._options.cache_timeout
+        self._note_version(node, reply)
+        return attrs
+
+    def _note_version(self, node: Node, reply: m.Rgetattr) -> None:
+        """Drop node's cached data if the server changed it while only its version tells."""
+        if node.open_key is None:
+            return
+        key = convert.cache_key(reply.qid.version, node.attrs)
+        if key != node.open_key and key[1:] == node.open_key[1:]:
+            # mtime and size unchanged: the kernel would not notice by itself.
+            node.open_key = None
+            self._nursery.start_soon(self._invalidate, node.inode)
+
+    async def _invalidate(self, inode: int) -> None:
+        try:
+            # May wait for page locks held by a read we are serving: not in a handler.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                log.warning("invalidate inode %d: %s", inode, error)
+
+    async def _walk_entry(self, parent: Node, name: bytes) -> pyfuse3.EntryAttributes:
+        """Look name up in parent: one more kernel lookup of its node."""
+        with self._nodes.hold(parent) as parent_fid:
+            fid, qid = await self._client.walk(parent_fid, [name])
+        assert qid is not None
+        try:
+            reply = await self._getattr_fid(fid)
+            if reply.qid.path != qid.path:
+                raise BadReply("Rgetattr names another file than Rwalk")
+        except BaseException:
+            self._release_fid(fid)
+            raise
+        node = self._nodes.remember(qid, fid)
+        try:
+            return self._entry(node, reply)
+        except BaseException:
+            self._nodes.forget(node.inode, 1)
+            raise
+
+    async def _clone(self, node: Node) -> int:
+        """A new fid for node's file, to open or to turn into something else."""
+        with self._nodes.hold(node) as fid:
+            newfid, _ = await self._client.walk(fid, [])
+        return newfid
+
+    # -- names -------------------------------------------------------------
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._nodes.get(parent_inode)
+        return await self._walk_entry(parent, convert.check_name(name))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            try:
+                self._nodes.forget(inode, count)
+            except Exception:  # forget must never raise
+                log.exception("forget of inode %d", inode)
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._nodes.get(inode)
+        with self._nodes.hold(node) as fid:
+            reply = await self._getattr_fid(fid)
+        return self._entry(node, reply)
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._nodes.get(inode)
+        if fh is not None and fh in self._files:
+            # ftruncate/fchmod/futimens: the open file, even if unlinked since.
+            fid = self._files[fh].fid
+            await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
+            reply = await self._getattr_fid(fid)
+        else:
+            with self._nodes.hold(node) as fid:
+                await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
+                reply = await self._getattr_fid(fid)
+        return self._entry(node, reply)
+
+    @_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._nodes.get(inode)
+        with self._nodes.hold(node) as fid:
+            reply = await self._client.call(m.Treadlink(fid), m.Rreadlink)
+        return reply.target
+
+    @_boundary
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._nodes.get(parent_inode)
+        name = convert.check_name(name)
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            fid = await self._clone(parent)
+            try:
+                flags = c.L_O_WRONLY | c.L_O_CREAT | c.L_O_EXCL
+                await self._client.call(
+                    m.Tlcreate(fid, name, flags, stat.S_IMODE(mode), ctx.gid), m.Rlcreate
+                )
+            finally:
+                await self._clunk_quietly(fid)
+        elif kind in (stat.S_IFIFO, stat.S_IFSOCK):
+            with self._nodes.hold(parent) as dfid:
+                await self._client.call(m.Tmknod(dfid, name, mode, 0, 0, ctx.gid), m.Rmknod)
+        else:
+            raise P9Error(errno.EPERM, "device nodes are not created on shared folders")
+        return await self._walk_entry(parent, name)
+
+    @_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._nodes.get(parent_inode)
+        name = convert.check_name(name)
+        with self._nodes.hold(parent) as dfid:
+            await self._client.call(
+                m.Tmkdir(dfid, name, stat.S_IMODE(mode), ctx.gid), m.Rmkdir
+            )
+        return await self._walk_entry(parent, name)
+
+    @_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._nodes.get(parent_inode)
+        name = convert.check_name(name)
+        with self._nodes.hold(parent) as dfid:
+            await self._client.call(m.Tsymlink(dfid, name, target, ctx.gid), m.Rsymlink)
+        return await self._walk_entry(parent, name)
+
+    @_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self._nodes.get(inode)
+        parent = self._nodes.get(new_parent_inode)
+        new_name = convert.check_name(new_name)
+        with self._nodes.hold(parent) as dfid, self._nodes.hold(node) as fid:
+            await self._client.call(m.Tlink(dfid, fid, new_name), m.Rlink)
+        # The new name is a lookup of the same file.
+        return await self._walk_entry(parent, new_name)
+
+    @_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._unlinkat(parent_inode, name, 0)
+
+    @_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._unlinkat(parent_inode, name, c.AT_REMOVEDIR)
+
+    async def _unlinkat(self, parent_inode: int, name: bytes, flags: int) -> None:
+        parent = self._nodes.get(parent_inode)
+        name = convert.check_name(name)
+        with self._nodes.hold(parent) as dfid:
+            await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags:
+            # RENAME_NOREPLACE / RENAME_EXCHANGE cannot be done atomically in 9P.
+            raise P9Error(errno.EINVAL)
+        old_parent = self._nodes.get(parent_inode_old)
+        new_parent = self._nodes.get(parent_inode_new)
+        name_old = convert.check_name(name_old)
+        name_new = convert.check_name(name_new)
+        with self._nodes.hold(old_parent) as old_dfid, self._nodes.hold(new_parent) as new_dfid:
+            try:
+                await self._client.call(
+                    m.Trenameat(old_dfid, name_old, new_dfid, name_new), m.Rrenameat
+                )
+            except P9Error as error:
+                if error.errno != errno.EOPNOTSUPP:
+                    raise
+                fid, _ = await self._client.walk(old_dfid, [name_old])
+                try:
+                    await self._client.call(m.Trename(fid, new_dfid, name_new), m.Rrename)
+                finally:
+                    self._release_fid(fid)
+        await self._refresh_moved(new_parent, name_new)
+
+    async def _refresh_moved(self, parent: Node, name: bytes) -> None:
+        """Give a renamed file's node a fid walked by its new name.
+
+        A path-based server (diod) keeps answering for the old path on the
+        old fid; a fid-based one loses nothing by this.
+        """
+        try:
+            with self._nodes.hold(parent) as dfid:
+                fid, qid = await self._client.walk(dfid, [name])
+        except P9Error:
+            return
+        assert qid is not None
+        node = self._nodes.find(qid)
+        if node is None:
+            self._release_fid(fid)
+        else:
+            self._nodes.replace_fid(node, fid)
+
+    # -- files -------------------------------------------------------------
+
+    def _file_info(
+        self, fh: int, node: Node, version: int, attrs: pyfuse3.EntryAttributes, fresh: bool
+    ) -> pyfuse3.FileInfo:
+        key = convert.cache_key(version, attrs)
+        unversioned = version == 0 and not self._options.ignoreqv
+        keep = not fresh and not unversioned and key == node.open_key
+        node.open_key = key
+        return pyfuse3.FileInfo(fh=fh, direct_io=unversioned, keep_cache=keep)
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._nodes.get(inode)
+        wire_flags = convert.open_flags(flags)
+        fid = await self._clone(node)
+        try:
+            opened = await self._client.call(m.Tlopen(fid, wire_flags), m.Rlopen)
+            reply = await self._getattr_fid(fid)
+            attrs = self._entry(node, reply)
+        except BaseException:
+            self._release_fid(fid)
+            raise
+        fh = self._new_fh()
+        self._files[fh] = OpenFile(
+            fid, node, self._iounit(opened.iounit), bool(wire_flags & c.L_O_APPEND)
+        )
+        return self._file_info(fh, node, reply.qid.version, attrs, fresh=False)
+
+    @_boundary
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._nodes.get(parent_inode)
+        name = convert.check_name(name)
+        wire_flags = convert.open_flags(flags) | c.L_O_CREAT
+        if flags & os.O_EXCL:
+            wire_flags |= c.L_O_EXCL
+        fid = await self._clone(parent)
+        try:
+            created = await self._client.call(
+                m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid), m.Rlcreate
+            )
+            attrs = await self._walk_entry(parent, name)
+        except BaseException:
+            self._release_fid(fid)
+            raise
+        node = self._nodes.get(attrs.st_ino)
+        fh = self._new_fh()
+        self._files[fh] = OpenFile(
+            fid, node, self._iounit(created.iounit), bool(wire_flags & c.L_O_APPEND)
+        )
+        return self._file_info(fh, node, created.qid.version, attrs, fresh=True), attrs
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        file = self._files[fh]
+        if size <= file.iounit:
+            reply = await self._client.call(m.Tread(file.fid, off, size), m.Rread)
+            return bytes(reply.data)
+        # Larger than one message: ask for every piece at once, keep up to the first short one.
+        pieces: list[bytes] = []
+        offsets = list(range(off, off + size, file.iounit))
+        results: dict[int, bytes] = {}
+
+        async def read_piece(offset: int) -> None:
+            count = min(file.iounit, off + size - offset)
+            reply = await self._client.call(m.Tread(file.fid, offset, count), m.Rread)
+            results[offset] = bytes(reply.data)
+
+        async with trio.open_nursery() as nursery:
+            for offset in offsets:
+                nursery.start_soon(read_piece, offset)
+        for offset in offsets:
+            piece = results[offset]
+            pieces.append(piece)
+            if len(piece) < min(file.iounit, off + size - offset):
+                break
+        return b"".join(pieces)
+
+    @_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        file = self._files[fh]
+        data = memoryview(buf)
+        if len(data) <= file.iounit:
+            return await self._write_piece(file, off, data)
+        if file.append:
+            # Appends land in order at the server's end of file: one at a time.
+            written = 0
+            for start in range(0, len(data), file.iounit):
+                piece = data[start : start + file.iounit]
+                count = await self._write_piece(file, off + start, piece)
+                written += count
+                if count < len(piece):
+                    break
+            return written
+        counts: dict[int, int] = {}
+
+        async def write_piece(start: int) -> None:
+            piece = data[start : start + file.iounit]
+            counts[start] = await self._write_piece(file, off + start, piece)
+
+        async with trio.open_nursery() as nursery:
+            for start in range(0, len(data), file.iounit):
+                nursery.start_soon(write_piece, start)
+        written = 0
+        for start in range(0, len(data), file.iounit):
+            written += counts[start]
+            if counts[start] < len(data[start : start + file.iounit]):
+                break
+        return written
+
+    async def _write_piece(self, file: OpenFile, offset: int, piece: memoryview) -> int:
+        reply = await self._client.call(m.Twrite(file.fid, offset, piece), m.Rwrite)
+        if reply.count == 0 and len(piece) > 0:
+            raise P9Error(errno.EIO, "the server wrote nothing")
+        return reply.count
+
+    @_boundary
+    async def flush(self, fh: int) -> None:
+        # Writes are not buffered here, and locks are local: nothing to send.
+        return None
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        file = self._files.pop(fh, None)
+        if file is not None:
+            await self._clunk_quietly(file.fid)
+
+    @_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        file = self._files[fh]
+        await self._client.call(m.Tfsync(file.fid, int(datasync)), m.Rfsync)
+
+    # -- directories -------------------------------------------------------
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._nodes.get(inode)
+        fid = await self._clone(node)
+        try:
+            await self._client.call(
+                m.Tlopen(fid, c.L_O_RDONLY | c.L_O_DIRECTORY), m.Rlopen
+            )
+        except BaseException:
+            self._release_fid(fid)
+            raise
+        fh = self._new_fh()
+        self._dirs[fh] = OpenDir(fid, node)
+        return fh
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._dirs[fh]
+        async with directory.lock:
+            if start_id == 0 and (directory.entries or directory.eof):
+                # Rewind: list afresh.
+                directory.entries.clear()
+                directory.cookie = 0
+                directory.eof = False
+            position = start_id
+            while True:
+                while position >= len(directory.entries) and not directory.eof:
+                    await self._fetch(directory)
+                batch = directory.entries[position : position + READDIR_BATCH]
+                if not batch:
+                    return
+                resolved = await self._resolve(directory.node, batch)
+                for index, item in enumerate(resolved):
+                    if item is None:  # vanished since it was listed
+                        continue
+                    name, attrs = item
+                    if not pyfuse3.readdir_reply(token, name, attrs, position + index + 1):
+                        # Not sent: give back the lookups of this and later entries.
+                        for rest in resolved[index:]:
+                            if rest is not None and rest[0] not in (b".", b".."):
+                                self._nodes.forget(rest[1].st_ino, 1)
+                        return
+                position += len(batch)
+
+    async def _fetch(self, directory: OpenDir) -> None:
+        count = self._client.msize - c.READDIRHDRSZ
+        reply = await self._client.call(
+            m.Treaddir(directory.fid, directory.cookie, count), m.Rreaddir
+        )
+        if not reply.entries:
+            directory.eof = True
+            return
+        for entry in reply.entries:
+            if convert.valid_entry_name(entry.name) or entry.name in (b".", b".."):
+                directory.entries.append((entry.name, entry.qid))
+            else:
+                log.warning("skipping a directory entry with an invalid name %r", entry.name)
+        directory.cookie = reply.entries[-1].offset
+        if len(directory.entries) > MAX_DIR_ENTRIES:
+            log.warning("directory listing cut at %d entries", MAX_DIR_ENTRIES)
+            directory.eof = True
+
+    async def _resolve(
+        self, parent: Node, batch: list[tuple[bytes, m.Qid]]
+    ) -> list[tuple[bytes, pyfuse3.EntryAttributes] | None]:
+        """Attributes for each listed name, each counted as one lookup (None if gone)."""
+        results: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = [None] * len(batch)
+        now = trio.current_time()
+
+        def dot(name: bytes, qid: m.Qid) -> pyfuse3.EntryAttributes:
+            # "." and "..": the kernel takes no lookup for them, only the inode number.
+            node = parent if name == b"." else self._nodes.find(qid)
+            attrs = pyfuse3.EntryAttributes()
+            attrs.st_ino = (node or parent).inode
+            attrs.st_mode = stat.S_IFDIR
+            return attrs
+
+        async def resolve(index: int, name: bytes) -> None:
+            try:
+                results[index] = (name, await self._walk_entry(parent, name))
+            except P9Error as error:
+                if error.errno not in (errno.ENOENT, errno.ESTALE):
+                    raise
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, (name, qid) in enumerate(batch):
+                    if name in (b".", b".."):
+                        results[index] = (name, dot(name, qid))
+                        continue
+                    node = self._nodes.find(qid)
+                    if node is not None and node.attrs is not None and node.attrs_expiry > now:
+                        self._nodes.add_lookup(node)
+                        results[index] = (name, node.attrs)
+                    else:
+                        nursery.start_soon(resolve, index, name)
+        except BaseException:
+            for result in results:
+                if result is not None and result[0] not in (b".", b".."):
+                    self._nodes.forget(result[1].st_ino, 1)
+            raise
+        return results
+
+    @_boundary
+    async def releasedir(self, fh: int) -> None:
+        directory = self._dirs.pop(fh, None)
+        if directory is not None:
+            await self._clunk_quietly(directory.fid)
+
+    @_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        directory = self._dirs[fh]
+        try:
+            await self._client.call(m.Tfsync(directory.fid, int(datasync)), m.Rfsync)
+        except P9Error as error:
+            if error.errno not in (errno.EINVAL, errno.EBADF):
+                raise
+
+    # -- file system -------------------------------------------------------
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with self._nodes.hold(self._nodes.root) as fid:
+            reply = await self._client.call(m.Tstatfs(fid), m.Rstatfs)
+        return convert.statvfs(reply)
+
+    @_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self._nodes.get(inode)
+        with self._nodes.hold(node) as fid:
+            attrs = self._entry(node, await self._getattr_fid(fid))
+        if ctx.uid == 0:
+            return not mode & os.X_OK or bool(attrs.st_mode & 0o111) or stat.S_ISDIR(attrs.st_mode)
+        if ctx.uid == attrs.st_uid:
+            granted = (attrs.st_mode >> 6) & 7
+        elif ctx.gid == attrs.st_gid or attrs.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            granted = (attrs.st_mode >> 3) & 7
+        else:
+            granted = attrs.st_mode & 7
+        return mode & granted == mode
+
+    # -- extended attributes -----------------------------------------------
+
+    async def _read_xattr(self, node: Node, name: bytes) -> bytes:
+        with self._nodes.hold(node) as fid:
+            xfid, size = await self._client.xattrwalk(fid, name)
+        try:
+            data = bytearray()
+            while len(data) < size:
+                count = min(size - len(data), self._io_max)
+                reply = await self._client.call(m.Tread(xfid, len(data), count), m.Rread)
+                if not reply.data:
+                    raise BadReply("extended attribute shorter than announced")
+                data += reply.data
+            return bytes(data)
+        finally:
+            self._release_fid(xfid)
+
+    @_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._nodes.get(inode)
+        if not name or b"\0" in name:
+            raise P9Error(errno.EINVAL)
+        return await self._read_xattr(node, name)
+
+    @_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._nodes.get(inode)
+        names = await self._read_xattr(node, b"")
+        return [name for name in names.split(b"\0") if name]
+
+    async def _write_xattr(self, node: Node, name: bytes, value: bytes, flags: int) -> None:
+        if not name or b"\0" in name:
+            raise P9Error(errno.EINVAL)
+        if len(value) > XATTR_SIZE_MAX:
+            raise P9Error(errno.E2BIG)
+        fid = await self._clone(node)
+        try:
+            await self._client.call(
+                m.Txattrcreate(fid, name, len(value), flags), m.Rxattrcreate
+            )
+            view = memoryview(value)
+            offset = 0
+            while offset < len(view):
+                piece = view[offset : offset + self._io_max]
+                reply = await self._client.call(m.Twrite(fid, offset, piece), m.Rwrite)
+                if reply.count == 0:
+                    raise P9Error(errno.EIO, "the server took no extended attribute bytes")
+                offset += reply.count
+        except BaseException:
+            self._release_fid(fid)
+            raise
+        # The attribute is set when the fid is clunked: that answer is the result.
+        await self._client.clunk(fid)
+
+    @_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self._write_xattr(self._nodes.get(inode), name, value, 0)
+
+    @_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._write_xattr(self._nodes.get(inode), name, b"", c.XATTR_REPLACE)
+
+    # -- end ---------------------------------------------------------------
+
+    def open_fids(self) -> list[int]:
+        """Every fid this file system still holds."""
+        return (
+            self._nodes.all_fids()
+            + [file.fid for file in self._files.values()]
+            + [directory.fid for directory in self._dirs.values()]
+        )
