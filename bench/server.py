@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import pstats
 import shutil
 import socket
 import statistics
@@ -94,8 +95,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_argv(server: str, export: Path, msize: int) -> list[str]:
-    """The command serving `export` on stdin/stdout."""
+def server_argv(server: str, export: Path, msize: int, profile: Path | None = None) -> list[str]:
+    """The command serving `export` on stdin/stdout (qsf under cProfile if `profile`)."""
+    if server == "qsf" and profile is not None:
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "qsf_server",
+                "--msize", str(msize), str(export)]
     if server == "qsf":
         program = shutil.which("qsf-server", path=os.path.dirname(sys.executable)) or \
             shutil.which("qsf-server")
@@ -115,13 +119,14 @@ def server_argv(server: str, export: Path, msize: int) -> list[str]:
 class Server:
     """One server process on one end of a socketpair; we hold the other end."""
 
-    def __init__(self, server: str, export: Path, msize: int, log: Path) -> None:
+    def __init__(self, server: str, export: Path, msize: int, log: Path,
+                 profile: Path | None = None) -> None:
         self.log = log
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with theirs, open(log, "ab") as log_file:
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                server_argv(server, export, msize), stdin=theirs.fileno(), stdout=theirs.fileno(),
-                stderr=log_file, close_fds=True,
+                server_argv(server, export, msize, profile),
+                stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=log_file, close_fds=True,
                 # diod sometimes crashes when its channel closes: its core
                 # dump lands in the temporary log folder, removed at the end.
                 cwd=log.parent,
@@ -165,9 +170,10 @@ def run_workload(server: Server, workload: str, export: Path, size: Size,
 
 
 def measure(config: Config, export: Path, size: Size, depth: int, names: list[bytes],
-            log_dir: Path) -> list[Sample]:
+            log_dir: Path, profile: Path | None = None) -> list[Sample]:
     """One round of config's workloads on a fresh server process."""
-    server = Server(config.server, export, config.msize, log_dir / f"{config.server}.log")
+    server = Server(config.server, export, config.msize, log_dir / f"{config.server}.log",
+                    profile)
     samples = []
     try:
         aname = str(export).encode()
@@ -293,6 +299,9 @@ parser.add_argument("--servers", default="qsf,diod",
 parser.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, from: {', '.join(WORKLOADS)}")
 parser.add_argument("--dir", help="where to make the exported folder (default: $TMPDIR)")
+parser.add_argument("--profile", type=Path, metavar="PREFIX",
+                    help="run qsf-server under cProfile (slower!), write PREFIX-<config>-<round>"
+                         ".prof and print the top functions")
 parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
 parser.add_argument("--json", type=Path, help="also write every sample and the medians here")
 
@@ -311,13 +320,19 @@ def main(args: list[str] | None = None) -> int:
     rounds = options.rounds or size.rounds
     chosen = configs(servers, workloads)
     samples: list[Sample] = []
+    profiles: list[Path] = []
     progress: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     with make_export(options.dir, size) as (export, names), \
             tempfile.TemporaryDirectory(prefix="qsf-bench-logs-") as logs:
         for number in range(rounds):
             for config in chosen:  # interleaved: every config once per round
                 progress(f"round {number + 1}/{rounds}: {config.label}")
-                samples += measure(config, export, size, options.depth, names, Path(logs))
+                profile = None
+                if options.profile and config.server == "qsf":
+                    profile = Path(f"{options.profile}-{config.msize // KIB}k-{number + 1}.prof")
+                    profiles.append(profile)
+                samples += measure(config, export, size, options.depth, names, Path(logs),
+                                   profile)
     medians = summarise(samples)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.server " + " ".join(args if args is not None else sys.argv[1:])
@@ -325,6 +340,9 @@ def main(args: list[str] | None = None) -> int:
     print(f"{command}; {rounds} round(s), depth {options.depth}, {size.operations} small ops and"
           f" {size.nbytes // MIB} MiB per workload and round; medians")
     print(table(medians, options.markdown))
+    for profile in profiles:
+        print(f"\n{profile}: top functions by own time")
+        pstats.Stats(str(profile), stream=sys.stdout).sort_stats("tottime").print_stats(25)
     if options.json:
         options.json.write_text(json.dumps({
             "date": when, "machine": machine(), "command": command, "rounds": rounds,
