@@ -155,7 +155,8 @@ class Client:
         finally:
             await self.ok(m.Tclunk(fid))
 
-    async def create(self, name: bytes, data: bytes = b"", *names: bytes, mode: int = 0o644) -> None:
+    async def create(self, name: bytes, data: bytes = b"", *names: bytes,
+                     mode: int = 0o644) -> None:
         fid = await self.walk(*names)
         await self.ok(m.Tlcreate(fid, name, c.L_O_RDWR, mode, 0))
         if data:
