@@ -475,6 +475,16 @@ class P9Client:
             raise
         self.fids.release(fid)
 
+    async def remove(self, fid: int) -> None:
+        """Tremove: the file goes, and so does fid, even when the remove fails."""
+        try:
+            await self.call(m.Tremove(fid), m.Rremove)
+        except P9Error as error:
+            if not isinstance(error, ConnectionLost | CallTimeout):
+                self.fids.release(fid)
+            raise
+        self.fids.release(fid)
+
     async def xattrwalk(self, fid: int, name: bytes) -> tuple[int, int]:
         """Txattrwalk to a new fid; returns it and the size of the value (or list)."""
         newfid = self.fids.allocate()

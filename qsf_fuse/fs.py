@@ -218,8 +218,15 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._nodes.get(inode)
-        with self._nodes.hold(node) as fid:
-            reply = await self._getattr_fid(fid)
+        try:
+            with self._nodes.hold(node) as fid:
+                reply = await self._getattr_fid(fid)
+        except P9Error as error:
+            # A path-based server (diod) forgets the file once unlinked: its open fids remain.
+            open_fid = next((f.fid for f in self._files.values() if f.node is node), None)
+            if error.errno != errno.ENOENT or open_fid is None:
+                raise
+            reply = await self._getattr_fid(open_fid)
         return self._entry(node, reply)
 
     @_boundary
@@ -319,7 +326,20 @@ class Operations(pyfuse3.Operations):
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
         with self._nodes.hold(parent) as dfid:
-            await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
+            try:
+                await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
+                return
+            except P9Error as error:
+                if error.errno != errno.EOPNOTSUPP:
+                    raise
+            # A server without Tunlinkat (diod): walk to the file and Tremove it.
+            fid, qid = await self._client.walk(dfid, [name])
+        assert qid is not None
+        is_dir = bool(qid.type & c.QTDIR)
+        if is_dir != bool(flags & c.AT_REMOVEDIR):
+            self._release_fid(fid)
+            raise P9Error(errno.EISDIR if is_dir else errno.ENOTDIR)
+        await self._client.remove(fid)
 
     @_boundary
     async def rename(
