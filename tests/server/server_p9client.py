@@ -49,6 +49,7 @@ class Client:
         self.next_fid = 100
         self.msize = msize
         self.closed = False
+        self.received = bytearray()  # every byte the server sent, for leak checks
 
     def fid(self) -> int:
         self.next_fid += 1
@@ -76,6 +77,7 @@ class Client:
                 data = await self.stream.receive_some(1 << 20)
                 if not data:
                     self.closed = True
+                self.received += data
                 self.decoder.receive_data(data)
                 continue
             return item
