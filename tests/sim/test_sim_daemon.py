@@ -151,15 +151,19 @@ def test_half_close_in_both_directions(sim: Sim) -> None:
         client = sim.popen("work", ["qrexec-client-vm", "server", "test.Half"],
                            stdin=theirs.fileno(), stdout=theirs.fileno())
         theirs.close()
-        ours.settimeout(10)
-        received = b""
-        while chunk := ours.recv(4096):  # ends at the service's EOF, our side still open
-            received += chunk
-        assert received == b"early"
-        assert client.poll() is None
-        ours.sendall(b"late data")
-        ours.shutdown(socket.SHUT_WR)  # our EOF ends the service's cat
-        assert client.wait(10) == 0
+        try:
+            ours.settimeout(10)
+            received = b""
+            while chunk := ours.recv(4096):  # ends at the service's EOF, our side still open
+                received += chunk
+            assert received == b"early"
+            assert client.poll() is None
+            ours.sendall(b"late data")
+            ours.shutdown(socket.SHUT_WR)  # our EOF ends the service's cat
+            assert client.wait(10) == 0
+        finally:
+            client.kill()
+            client.wait()
     assert got.read_bytes() == b"late data"
 
 
