@@ -66,11 +66,11 @@ class Channel:
     write_fd: int
     process: subprocess.Popen[bytes] | None = None
 
-    def close_process(self) -> None:
+    def close_process(self, grace: float = EXEC_EXIT_GRACE) -> None:
         if self.process is None:
             return
         try:
-            self.process.wait(timeout=EXEC_EXIT_GRACE)
+            self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             log.warning("%s did not exit after the channel closed: killing it",
                         self.process.args)
@@ -118,7 +118,8 @@ async def _watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_I
             pyfuse3.terminate()
 
 
-async def _serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> None:
+async def _serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> bool:
+    """Mount and serve; returns whether the server stopped answering."""
     failure: MountError | None = None
     async with trio.open_nursery() as nursery:
         client = P9Client(
@@ -134,6 +135,7 @@ async def _serve(config: MountConfig, channel: Channel, ready: Callable[[], None
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    return client.unresponsive
 
 
 async def _mount_and_serve(
@@ -164,10 +166,12 @@ async def _mount_and_serve(
 
 def serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted; MountError if the mount could not be made."""
+    unresponsive = True
     try:
-        trio.run(_serve, config, channel, ready)
+        unresponsive = trio.run(_serve, config, channel, ready)
     finally:
-        channel.close_process()
+        # A server that stopped answering will not notice EOF either.
+        channel.close_process(0.0 if unresponsive else EXEC_EXIT_GRACE)
 
 
 def _check_mountpoint(path: str) -> None:

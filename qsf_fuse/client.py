@@ -222,6 +222,8 @@ class P9Client:
         self._nursery: trio.Nursery | None = None
         self.fids = FidPool()
         self.closed = trio.Event()
+        # Set when the server stopped answering (rather than closing the channel).
+        self.unresponsive = False
 
     # -- life cycle --------------------------------------------------------
 
@@ -391,6 +393,7 @@ class P9Client:
         call.abandoned = True
         if isinstance(call.request, m.Tflush):
             # A flush that nobody answers: the server is not listening.
+            self.unresponsive = True
             self.fail("the server does not answer Tflush")
             return
         assert self._nursery is not None
