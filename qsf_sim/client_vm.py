@@ -3,8 +3,11 @@
     qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
 
 Each qube's bin/qrexec-client-vm runs `python -m qsf_sim.client_vm --sim-socket SOCKET ...`
-with the socket of its qube (who the caller is comes from that socket, checked by the
-daemon with SO_PEERCRED). Exit status: the service's (or LOCAL_PROGRAM's; 128+N when
+with the socket of its qube; in a QEMU guest, $QSF_SIM_QREXEC_SOCKET names the guest end
+of qsf_sim.mux instead. Who the caller is comes from the socket alone (the daemon checks
+the peer's uid with SO_PEERCRED), so neither can be used to pose as another qube.
+
+Exit status: the service's (or LOCAL_PROGRAM's; 128+N when
 killed by signal N), 126 refused ("Request refused" on stderr), 127 no such service,
 125 any other failure, 2 usage error.
 """
@@ -34,6 +37,8 @@ EXIT_FAILED = 125
 EXIT_REFUSED = 126
 EXIT_NO_SERVICE = 127
 EXIT_USAGE = 2
+# Without --sim-socket: the socket named here (a QEMU guest's end of qsf_sim.mux).
+SOCKET_ENV = "QSF_SIM_QREXEC_SOCKET"
 
 USAGE = """\
 usage: qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]
@@ -95,8 +100,9 @@ def parse_args(argv: Sequence[str]) -> Options:
             raise UsageError(f"unknown option {option}")
     if len(args) < 2:
         raise UsageError("TARGET and SERVICE are required")
+    socket_path = socket_path or os.environ.get(SOCKET_ENV, "")
     if not socket_path:
-        raise UsageError("--sim-socket is missing (run the qube's bin/qrexec-client-vm)")
+        raise UsageError(f"no --sim-socket nor {SOCKET_ENV} (run the qube's bin/qrexec-client-vm)")
     target, service, *local = args
     if filter_stdout is None:
         filter_stdout = not local and os.isatty(1)

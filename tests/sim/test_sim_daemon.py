@@ -131,6 +131,26 @@ def test_usage_error_exits_2(sim: Sim) -> None:
     assert b"usage" in result.stderr
 
 
+def test_escape_filtering_on_request(sim: Sim) -> None:
+    allow(sim, "test.Echo * work server allow")
+    raw = sim.call("work", "server", "test.Echo", input=b"\x1b[31mred\x07\n")
+    assert raw.stdout == b"got:\x1b[31mred\x07\n"  # not a terminal: untouched
+    filtered = sim.run("work", ["qrexec-client-vm", "-t", "server", "test.Echo"],
+                       input=b"\x1b[31mred\x07\n")
+    assert filtered.stdout == b"got:_[31mred_\n"
+
+
+def test_socket_from_the_environment_still_checked_by_peer_uid(sim: Sim) -> None:
+    allow(sim, "test.Echo * @anyvm @anyvm allow")
+    client = [sys.executable, "-m", "qsf_sim.client_vm", "server", "test.Echo"]
+    as_work = sim.run("work", client, env={"QSF_SIM_QREXEC_SOCKET": str(sim.socket("work"))})
+    assert as_work.returncode == 3
+    as_root = subprocess.run(client, env={**os.environ,
+                                          "QSF_SIM_QREXEC_SOCKET": str(sim.socket("work"))},
+                             capture_output=True, check=False, timeout=30)
+    assert as_root.returncode == 125
+
+
 def test_eof_reaches_the_service_and_large_data_is_intact(sim: Sim) -> None:
     sim.install_service("server", "test.Hash", "#!/bin/sh\nexec sha256sum\n")
     allow(sim, "test.Hash * work server allow")
