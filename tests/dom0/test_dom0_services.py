@@ -59,9 +59,9 @@ def call(service: Callable[..., int], data: bytes, env: dict[str, str], *args: o
         return out.read().decode()
 
 
-def authorize(config: Config, prompt: object, data: bytes, client: str = "work", **kw: object) -> str:
+def authorize(config: Config, prompt: object, data: bytes, client: str = "work") -> str:
     env = {"QREXEC_REMOTE_DOMAIN": client}
-    return call(services.authorize, data, env, config, prompt, *kw.values())
+    return call(services.authorize, data, env, config, prompt)
 
 
 def query(config: Config, fp: str, data: bytes, server: str = "vault") -> str:
@@ -79,7 +79,8 @@ def policy_lines(config: Config) -> tuple[list[str], list[str]]:
             return []
         return [line for line in path.read_text().splitlines() if not line.startswith("#")]
 
-    return (lines(config.grants_dir / policy.GRANTS_FILE), lines(config.once_dir / policy.ONCE_FILE))
+    grants = lines(config.grants_dir / policy.GRANTS_FILE)
+    return grants, lines(config.once_dir / policy.ONCE_FILE)
 
 
 @pytest.fixture
