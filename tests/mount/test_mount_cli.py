@@ -90,7 +90,9 @@ class FakeSystem:
         return self.expected("read_mounts")  # type: ignore[no-any-return]
 
 
-def authorize_call(reply: bytes, status: int = 0, mode: str = "rw") -> tuple[str, tuple[Any, ...], Any]:
+def authorize_call(
+    reply: bytes, status: int = 0, mode: str = "rw"
+) -> tuple[str, tuple[Any, ...], Any]:
     data = b"vault\n" + B64 + mode.encode() + b"\n"
     return ("call", ([QREXEC, "dom0", "qsf.AuthorizeFolderAccess"], data, 65),
             Completed(status, reply))
