@@ -62,16 +62,27 @@ def _boundary(
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except P9Error as error:
-            raise pyfuse3.FUSEError(error.errno) from None
-        except UnknownInode as error:
-            log.warning("%s: unknown inode %s", handler.__name__, error)
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as error:
+            raise pyfuse3.FUSEError(_errno_of(handler.__name__, error)) from None
 
     return wrapper
+
+
+def _errno_of(where: str, error: Exception) -> int:
+    """The errno for the kernel: a call's own errno, else EIO and a log line."""
+    if isinstance(error, ExceptionGroup):
+        # Concurrent calls failed: the first one's errno speaks for them.
+        leaves = error.exceptions
+        return _errno_of(where, leaves[0]) if leaves else errno.EIO
+    if isinstance(error, P9Error):
+        return error.errno
+    if isinstance(error, pyfuse3.FUSEError):
+        return error.errno
+    if isinstance(error, UnknownInode):
+        log.warning("%s: unknown inode %s", where, error)
+        return errno.ESTALE
+    log.error("%s failed", where, exc_info=error)
+    return errno.EIO
 
 
 @dataclass(eq=False)
@@ -594,7 +605,6 @@ class Operations(pyfuse3.Operations):
     ) -> list[tuple[bytes, pyfuse3.EntryAttributes] | None]:
         """Attributes for each listed name, each counted as one lookup (None if gone)."""
         results: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = [None] * len(batch)
-        now = trio.current_time()
 
         def dot(name: bytes, qid: m.Qid) -> pyfuse3.EntryAttributes:
             # "." and "..": the kernel takes no lookup for them, only the inode number.
@@ -604,7 +614,14 @@ class Operations(pyfuse3.Operations):
             attrs.st_mode = stat.S_IFDIR
             return attrs
 
-        async def resolve(index: int, name: bytes) -> None:
+        async def resolve(index: int, name: bytes, qid: m.Qid) -> None:
+            try:
+                node = self._nodes.find(qid)
+                if node is not None:
+                    results[index] = (name, await self._refresh_known(node))
+                    return
+            except (P9Error, UnknownInode):
+                pass  # stale: walk by name
             try:
                 results[index] = (name, await self._walk_entry(parent, name))
             except P9Error as error:
@@ -616,19 +633,28 @@ class Operations(pyfuse3.Operations):
                 for index, (name, qid) in enumerate(batch):
                     if name in (b".", b".."):
                         results[index] = (name, dot(name, qid))
-                        continue
-                    node = self._nodes.find(qid)
-                    if node is not None and node.attrs is not None and node.attrs_expiry > now:
-                        self._nodes.add_lookup(node)
-                        results[index] = (name, node.attrs)
                     else:
-                        nursery.start_soon(resolve, index, name)
+                        nursery.start_soon(resolve, index, name, qid)
         except BaseException:
             for result in results:
                 if result is not None and result[0] not in (b".", b".."):
                     self._nodes.forget(result[1].st_ino, 1)
             raise
         return results
+
+    async def _refresh_known(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Fresh attributes of a node already known, as one more lookup of it.
+
+        One Tgetattr on its fid instead of a walk; P9Error if that fid no
+        longer names the same file (a path-based server after a rename).
+        """
+        with self._nodes.hold(node) as fid:
+            reply = await self._getattr_fid(fid)
+        if reply.qid.path != node.key[0]:
+            raise P9Error(errno.ESTALE)
+        attrs = self._entry(node, reply)
+        self._nodes.add_lookup(node)
+        return attrs
 
     @_boundary
     async def releasedir(self, fh: int) -> None:
