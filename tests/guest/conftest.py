@@ -1,0 +1,147 @@
+"""Fixtures of the guest rig: one QEMU guest per kernel per session.
+
+`rig` boots the guest (kernels 6.1 and 6.12: the fixture is parametrized), starts
+the mux's host end (as a program) towards a ServiceHub, and the mux's guest
+end inside the guest. Tests register host services on `rig.hub` and mount them
+in the guest with `rig.kernel_mount`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import support
+from guest_kernels import KERNELS, GuestKernelError, KernelSpec, prepare
+from guest_rig import Guest, GuestError, Result
+from guest_services import ServiceHub
+
+GUEST_MUX_SOCKET = "/run/qsf-sim/qrexec.sock"
+RELAY = Path(__file__).with_name("guest_relay.py")
+_counter = itertools.count()
+
+
+@dataclass
+class Rig:
+    guest: Guest
+    hub: ServiceHub
+    workdir: Path
+    label: str
+    relays: list[int] = field(default_factory=list)
+
+    def python(self, *args: str, uid: int | None = None, timeout: float = 120) -> Result:
+        """Run the project's python in the guest (with the repo importable)."""
+        return self.guest.run([sys.executable, *args], uid=uid, timeout=timeout,
+                              env={"PYTHONPATH": str(support.REPO)})
+
+    def kernel_mount(self, service: str, mountpoint: str, *, options: str = "",
+                     uid: int | None = support.QUBE_UID) -> Result:
+        """Mount host `service` at mountpoint in the guest via guest_relay (qsf_kmount)."""
+        result = self.python(str(RELAY), "--socket", GUEST_MUX_SOCKET, "--service", service,
+                             "--source", f"qvm://host/{service}", "--mountpoint", mountpoint,
+                             "-o", options, uid=uid)
+        if result.rc == 0:
+            self.relays.append(int(result.out.strip()))
+        return result
+
+    def new_service(self, argv: list[str]) -> str:
+        name = f"svc{next(_counter)}"
+        self.hub.register(name, argv)
+        return name
+
+    def mountpoint(self) -> str:
+        path = f"/tmp/mnt{next(_counter)}"
+        self.guest.run(["install", "-d", "-o", str(support.QUBE_UID), "-g",
+                        str(support.QUBE_GID), path]).check()
+        return path
+
+    def mounted(self, path: str) -> bool:
+        return self.guest.run(["mountpoint", "-q", path]).rc == 0
+
+    def cleanup_mounts(self) -> None:
+        """Unmount every test mount and end every relay (between tests)."""
+        self.guest.sh("for m in $(awk '$1 ~ /^qvm:/ {print $2}' /proc/mounts); do "
+                      "umount \"$m\" 2>/dev/null || umount -l \"$m\"; done")
+        for pid in self.relays:
+            self.guest.run(["kill", "-9", str(pid)])
+        self.relays.clear()
+
+
+def _boot_failure(message: str) -> None:
+    if support.ON_CI:
+        pytest.fail(f"the guest cannot boot: {message}", pytrace=False)
+    pytest.skip(f"the guest cannot boot: {message}")
+
+
+@pytest.fixture(scope="session", params=KERNELS, ids=[k.label for k in KERNELS])
+def rig(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    spec: KernelSpec = request.param
+    support.need_program("qemu-system-x86_64")
+    support.need_program("sudo")
+    try:
+        kernel = prepare(spec)
+    except (GuestKernelError, OSError) as error:
+        support.missing(f"guest kernel {spec.label}: {error}")
+        raise AssertionError("unreachable") from error
+    workdir = tmp_path_factory.mktemp(f"guest-{spec.label}")
+    guest = Guest(kernel, workdir)
+    hub = ServiceHub(workdir / "hub.sock", workdir / "services.log")
+    mux_host: subprocess.Popen[bytes] | None = None
+    try:
+        try:
+            guest.start()
+        except GuestError as error:
+            _boot_failure(str(error))
+        with open(workdir / "mux-host.log", "wb") as log:
+            mux_host = subprocess.Popen(
+                [sys.executable, "-m", "qsf_sim.mux", "host", "--port-socket",
+                 str(guest.qrexec_socket), "--target", str(hub.path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=support.REPO)
+        guest_mux = shlex.join([sys.executable, "-m", "qsf_sim.mux", "guest",
+                                "--port-name", "qsf.qrexec", "--listen", GUEST_MUX_SOCKET])
+        guest.sh(f"cd {shlex.quote(str(support.REPO))} && setsid {guest_mux} "
+                 f"</dev/null >/tmp/mux-guest.log 2>&1 &").check()
+        deadline = time.monotonic() + 30
+        while guest.run(["test", "-S", GUEST_MUX_SOCKET]).rc != 0:
+            if time.monotonic() > deadline:
+                log = guest.run(["cat", "/tmp/mux-guest.log"]).out
+                pytest.fail(f"the guest's mux end did not start: {log}")
+            time.sleep(0.2)
+        yield Rig(guest, hub, workdir, spec.label)
+    finally:
+        guest.stop()
+        hub.close()
+        if mux_host is not None:
+            try:
+                mux_host.wait(timeout=10)  # ends when QEMU closes the port
+            except subprocess.TimeoutExpired:
+                mux_host.kill()
+                mux_host.wait()
+
+
+@pytest.fixture
+def clean_rig(rig: Rig) -> Iterator[Rig]:
+    """The session's guest, with this test's mounts and relays removed afterwards."""
+    yield rig
+    rig.cleanup_mounts()
+
+
+@pytest.fixture
+def export() -> Iterator[Path]:
+    """An export directory owned by the qube's user, reachable by that user."""
+    path = Path(tempfile.mkdtemp(prefix="qsf-guest-export-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    os.chown(path, support.QUBE_UID, support.QUBE_GID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
