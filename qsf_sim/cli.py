@@ -27,6 +27,7 @@ the target's user. A qube calls services with its own bin/qrexec-client-vm.
   qsf-sim daemon --root ROOT                               serve until SIGTERM / Ctrl-C
   qsf-sim run    --root ROOT work -- qrexec-client-vm server some.Service
   qsf-sim answer --root ROOT "allow server"                scripted answer to an `ask`
+  qsf-sim answer-folder --root ROOT "once ro"              scripted answer to qsf's dialog
 """
 
 parser = argparse.ArgumentParser(prog="qsf-sim", description=DESCRIPTION,
@@ -48,6 +49,10 @@ setup_parser.add_argument("--dom0-policy-readonly", action="store_true",
 setup_parser.add_argument("--prompt", choices=("scripted", "terminal"), default="scripted",
                           help="answers to policy `ask` lines: scripted (qsf-sim answer) "
                                "or from the daemon's terminal")
+setup_parser.add_argument("--qsf-prompt", choices=("scripted", "terminal", "project"),
+                          default="scripted",
+                          help="qsf's dom0 dialog: scripted (qsf-sim answer-folder), the "
+                               "daemon's terminal, or the project's service file unchanged")
 
 daemon_parser = commands.add_parser("daemon", help="run dom0's qrexec for ROOT")
 daemon_parser.add_argument("--root", type=Path, required=True)
@@ -62,6 +67,11 @@ answer_parser = commands.add_parser("answer", help="queue scripted answers for `
 answer_parser.add_argument("--root", type=Path, required=True)
 answer_parser.add_argument("answers", nargs="+", metavar="'allow [TARGET]'|deny")
 
+folder_parser = commands.add_parser("answer-folder",
+                                    help="queue scripted answers for qsf's dom0 dialog")
+folder_parser.add_argument("--root", type=Path, required=True)
+folder_parser.add_argument("answers", nargs="+", metavar="once|always|deny|never|block [ro|rw]")
+
 socket_parser = commands.add_parser("socket", help="print the socket path of a qube")
 socket_parser.add_argument("--root", type=Path, required=True)
 socket_parser.add_argument("qube")
@@ -74,20 +84,24 @@ def _setup(args: argparse.Namespace) -> int:
     qubes = [Qube.parse(text) for text in args.qube]
     sim = Sim(args.root, qubes, project_files=not args.no_project_files,
               private_home=args.private_home, dom0_policy_writable=not args.dom0_policy_readonly,
-              prompt_kind=args.prompt)
+              prompt_kind=args.prompt, qsf_prompt=args.qsf_prompt)
     tree.build(sim.root, sim.config, project_files=sim.project_files)
     print(f"simulated qubes under {sim.root}: " + ", ".join(q.name for q in sim.config.qubes))
     return 0
+
+
+def _sim(root: Path) -> Sim:
+    """A handle on an existing root (its daemon is not started by this)."""
+    config = SimConfig.load(root)
+    return Sim(root, config.qubes, private_home=config.private_home, python=config.python,
+               prompt_kind=config.prompt, qsf_prompt=config.qsf_prompt)
 
 
 def _run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         parser.error("run: a command is required")
-    config = SimConfig.load(args.root)
-    sim = Sim(args.root, config.qubes, private_home=config.private_home, python=config.python)
-    process = sim.popen(args.qube, argv)
-    return process.wait()
+    return _sim(args.root).popen(args.qube, argv).wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "answer":
             prompt.push_answers(args.root, args.answers)
+            return 0
+        if args.command == "answer-folder":
+            _sim(args.root).answer_folder(*args.answers)
             return 0
         if args.command == "socket":
             print(qube_socket(args.root.absolute(), args.qube))

@@ -46,6 +46,7 @@ from qsf_sim.runas import Identity, environment, lookup, namespace_prefix, popen
 log = logging.getLogger("qsf_sim.daemon")
 
 PEERCRED = struct.Struct("3i")
+TTY_FD_VARIABLE = "QSF_SIM_TTY_FD"  # read by qsf_sim.dom0_services
 MAX_SERVICE_NAME = 255  # bytes of SERVICE+ARG
 REQUEST_TIMEOUT = 30.0
 KILL_GRACE = 3.0
@@ -114,6 +115,10 @@ class Daemon:
         prompter = TerminalPrompt() if config.prompt == "terminal" else ScriptedPrompt(root)
         self.prompts = PromptService(root, prompter)
         self.children: set[asyncio.subprocess.Process] = set()
+        self.tty_fd: int | None = None  # the daemon's terminal, for qsf's dom0 dialog
+        if config.qsf_prompt == "terminal":
+            with contextlib.suppress(OSError):
+                self.tty_fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
 
     async def serve(self, ready: Callable[[], None]) -> None:
         """Listen on every qube's socket until SIGTERM or SIGINT."""
@@ -284,6 +289,11 @@ class Daemon:
             as_user = {}
         else:
             as_user = popen_identity(identity)
+        env = self._service_env(call, identity)
+        pass_fds: list[int] = []
+        if call.target.name == ADMIN and self.tty_fd is not None:
+            env[TTY_FD_VARIABLE] = str(self.tty_fd)
+            pass_fds.append(self.tty_fd)
         to_service, service_stdin = socket.socketpair()
         from_service, service_stdout = socket.socketpair()
         log_fd = os.open(log_path(self.root, call.target.name),
@@ -291,7 +301,7 @@ class Daemon:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=service_stdin.fileno(), stdout=service_stdout.fileno(), stderr=log_fd,
-                env=self._service_env(call, identity), start_new_session=True,
+                env=env, pass_fds=pass_fds, start_new_session=True,
                 cwd="/" if self.config.private_home else qube_home(self.root, call.target.name),
                 **as_user)
         except OSError as error:

@@ -107,6 +107,9 @@ class SimConfig:
     dom0_policy_writable: bool = True
     # Where answers to `ask` come from: "scripted" (ROOT/prompt/answers) or "terminal".
     prompt: str = "scripted"
+    # qsf's own dom0 dialog (qsf.AuthorizeFolderAccess): "scripted" or "terminal" through
+    # qsf_sim.dom0_services, or "project" to run the project's service file unchanged.
+    qsf_prompt: str = "scripted"
 
     def __post_init__(self) -> None:
         names = [q.name for q in self.qubes]
@@ -116,6 +119,8 @@ class SimConfig:
             raise LayoutError("the simulation needs dom0")
         if self.prompt not in ("scripted", "terminal"):
             raise LayoutError(f"unknown prompt kind {self.prompt!r}")
+        if self.qsf_prompt not in ("scripted", "terminal", "project"):
+            raise LayoutError(f"unknown qsf prompt kind {self.qsf_prompt!r}")
 
     def qube(self, name: str) -> Qube | None:
         for qube in self.qubes:
@@ -126,7 +131,8 @@ class SimConfig:
     def save(self, root: Path) -> None:
         data = {"version": CONFIG_VERSION, "qubes": [q.to_json() for q in self.qubes],
                 "python": self.python, "private_home": self.private_home,
-                "dom0_policy_writable": self.dom0_policy_writable, "prompt": self.prompt}
+                "dom0_policy_writable": self.dom0_policy_writable, "prompt": self.prompt,
+                "qsf_prompt": self.qsf_prompt}
         temp = root / ".sim.json.tmp"
         temp.write_text(json.dumps(data, indent=2) + "\n")
         temp.rename(config_path(root))
@@ -142,7 +148,7 @@ class SimConfig:
         return cls(qubes=tuple(Qube.from_json(q) for q in data["qubes"]),
                    python=str(data["python"]), private_home=bool(data["private_home"]),
                    dom0_policy_writable=bool(data["dom0_policy_writable"]),
-                   prompt=str(data["prompt"]))
+                   prompt=str(data["prompt"]), qsf_prompt=str(data["qsf_prompt"]))
 
 
 def config_path(root: Path) -> Path:

@@ -11,6 +11,8 @@ qube run as that qube's user, with its PATH (its qrexec-client-vm first) and HOM
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import select
 import signal
@@ -50,14 +52,15 @@ class Sim:
     def __init__(self, root: Path | str, qubes: Iterable[Qube | str] = ("work",), *,
                  project_files: bool = True, private_home: bool = False,
                  dom0_policy_writable: bool = True, prompt_kind: str = "scripted",
-                 python: str = sys.executable) -> None:
+                 qsf_prompt: str = "scripted", python: str = sys.executable) -> None:
         self.root = Path(root).absolute()
         specs = [_as_qube(q) for q in qubes]
         if not any(q.name == ADMIN for q in specs):
             specs.insert(0, Qube(ADMIN, "AdminVM"))
         specs = [self._with_dom0_env(q) for q in specs]
         self.config = SimConfig(qubes=tuple(specs), python=python, private_home=private_home,
-                                dom0_policy_writable=dom0_policy_writable, prompt=prompt_kind)
+                                dom0_policy_writable=dom0_policy_writable, prompt=prompt_kind,
+                                qsf_prompt=qsf_prompt)
         self.project_files = project_files
         self.daemon: subprocess.Popen[bytes] | None = None
 
@@ -200,6 +203,30 @@ class Sim:
     def prompts(self) -> list[dict[str, object]]:
         """Every `ask` prompt so far, with its answer."""
         return prompt.read_log(self.root)
+
+    def answer_folder(self, *answers: str) -> None:
+        """Queue answers for qsf's dom0 dialog: "once|always|deny|never|block [ro|rw]"."""
+        for answer in answers:
+            if not tree.FOLDER_ANSWER.match(answer):
+                raise ValueError(f"not a folder answer: {answer!r}")
+        path = self._dom0_state() / tree.FOLDER_ANSWERS
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a", encoding="utf-8") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            identity = lookup(ADMIN)
+            os.fchown(file.fileno(), identity.uid, identity.gid)
+            file.write("".join(a + "\n" for a in answers))
+
+    def folder_prompts(self) -> list[dict[str, object]]:
+        """Every qsf dom0 dialog so far (scripted mode), with its answer."""
+        try:
+            text = (self._dom0_state() / tree.FOLDER_PROMPTS).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def _dom0_state(self) -> Path:
+        return qube_dir(self.root, ADMIN) / tree.DOM0_SIM_STATE
 
     def service_log(self, name: str) -> str:
         """stderr of the services run in qube `name`."""

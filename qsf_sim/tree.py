@@ -8,6 +8,7 @@ other qube's /etc/qubes-rpc, policy/*.policy in dom0's /etc/qubes/policy.d.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -32,6 +33,12 @@ DOM0_SERVICES = frozenset({"qsf.AuthorizeFolderAccess", "qsf.QueryFolderAuthoriz
 # the policy directories and the state of qsf's dom0 services (qsf_dom0.config).
 DOM0_WRITABLE = ("etc/qubes/policy.d", "run/qubes/policy.d", "etc/qubes/shared-folders",
                  "run/qsf")
+# qsf_sim.dom0_services' scripted answers and prompt log (dom0's user only).
+DOM0_SIM_STATE = "run/qsf-sim"
+FOLDER_ANSWERS = "answers"
+FOLDER_PROMPTS = "prompts"
+FOLDER_ANSWER = re.compile(r"\A(once|always|deny|never|block)( (ro|rw))?\Z")
+AUTHORIZE = "qsf.AuthorizeFolderAccess"
 SERVICE_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-+")
 
 
@@ -98,8 +105,14 @@ def build(root: Path, config: SimConfig, *, project_files: bool = True) -> None:
             _mkdir(path, 0o775, dom0)
         else:
             _mkdir(path, 0o755, Identity(os.geteuid(), os.getegid(), "root"))
+    _mkdir(qube_dir(root, ADMIN) / DOM0_SIM_STATE, 0o700, dom0)
     if project_files:
         install_project(root, config)
+        if config.qsf_prompt != "project" and (REPO / "qubes-rpc" / AUTHORIZE).is_file():
+            install_service(root, ADMIN, AUTHORIZE,
+                            "#!/bin/sh\n# qsf_sim: the project's service with the simulator's "
+                            "prompt\nexec python3 -m qsf_sim.dom0_services "
+                            f"{config.qsf_prompt}\n")
     config.save(root)
 
 

@@ -6,8 +6,10 @@ each test writes its own policy files, which are removed after it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
 import shutil
 import socket
 import stat
@@ -23,7 +25,7 @@ import support
 from qsf_sim.layout import Qube, policy_dirs
 from qsf_sim.runas import lookup
 from qsf_sim.sim import Sim
-from qsf_sim.tree import DOM0_SERVICES, REPO
+from qsf_sim.tree import AUTHORIZE, DOM0_SERVICES, REPO
 
 ECHO = "#!/bin/sh\nprintf 'got:'\ncat\nexit 3\n"
 # Prints its argv and environment as NUL-separated KEY=VALUE, then its uid and cwd.
@@ -396,8 +398,11 @@ def test_project_files_are_installed_as_packages_would(sim: Sim) -> None:
         holders = ["dom0"] if source.name in DOM0_SERVICES else ["work", "server", "other"]
         for qube in holders:
             installed = sim.root / "qubes" / qube / "etc" / "qubes-rpc" / source.name
-            assert installed.read_bytes() == source.read_bytes()
             assert installed.stat().st_mode & 0o111
+            if source.name == AUTHORIZE:  # the same code with the simulator's dialog
+                assert b"-m qsf_sim.dom0_services scripted" in installed.read_bytes()
+            else:
+                assert installed.read_bytes() == source.read_bytes()
         absent = "work" if holders == ["dom0"] else "dom0"
         assert not (sim.root / "qubes" / absent / "etc" / "qubes-rpc" / source.name).exists()
     for source in (REPO / "policy").glob("*.policy"):
@@ -405,6 +410,24 @@ def test_project_files_are_installed_as_packages_would(sim: Sim) -> None:
         assert installed.read_text() == source.read_text()
     # the project's policy forbids direct connections to a folder
     assert sim.call("work", "server", "qsf.ConnectToFolder+" + "0" * 32).returncode == 126
+
+
+def test_qsf_dom0_dialog_takes_scripted_answers(sim: Sim) -> None:
+    if not (REPO / "qubes-rpc" / AUTHORIZE).is_file():
+        pytest.skip("the project has no qsf.AuthorizeFolderAccess yet")
+    request = b"server\n" + base64.b64encode(b"/home/user/shared") + b"\nro\n"
+    before = len(sim.folder_prompts())
+    sim.answer_folder("once", "deny")
+    allowed = sim.call("work", "dom0", AUTHORIZE, input=request)
+    assert allowed.returncode == 0
+    assert re.fullmatch(rb"allow [0-9a-f]{32} ro\n", allowed.stdout), allowed.stdout
+    denied = sim.call("work", "dom0", AUTHORIZE, input=request)
+    assert denied.stdout.startswith(b"deny ")
+    prompts = sim.folder_prompts()[before:]
+    assert [(p["client"], p["server"], p["answer"]) for p in prompts] == [
+        ("work", "server", "allow-once"), ("work", "server", "deny-once")]
+    with pytest.raises(ValueError):
+        sim.answer_folder("maybe")
 
 
 def test_each_qube_has_its_own_user_and_private_home(sim: Sim) -> None:
