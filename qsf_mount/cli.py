@@ -217,12 +217,16 @@ def connect(system: System, request: MountRequest, fingerprint: str) -> tuple[Ch
 
 
 def choose_backend(system: System, request: MountRequest) -> str:
-    """`kernel` or `fuse`, or Failure(8) when the requested one is missing."""
-    kernel = system.kernel_mount() is not None
-    if request.backend == "kernel" and not kernel:
-        raise Failure(EXIT_NO_BACKEND, "the kernel backend is not available in this qube")
-    if request.backend in ("kernel", "auto") and kernel:
-        return "kernel"
+    """`kernel` or `fuse`, or Failure(8) when the requested one is missing.
+
+    auto takes the kernel when v9fs is usable and we may mount, else fuse.
+    """
+    if request.backend in ("kernel", "auto"):
+        usable, reason = system.kernel_availability()
+        if usable:
+            return "kernel"
+        if request.backend == "kernel":
+            raise Failure(EXIT_NO_BACKEND, f"the kernel backend is not available: {reason}")
     if system.find_program("qsf-fuse") is None:
         raise Failure(EXIT_NO_BACKEND, "the fuse backend (qsf-fuse) is not installed")
     return "fuse"
@@ -251,7 +255,8 @@ def mount(system: System, request: MountRequest) -> int:
     try:
         if backend == "kernel":
             kernel_mount = system.kernel_mount()
-            assert kernel_mount is not None
+            if kernel_mount is None:
+                raise Failure(EXIT_NO_BACKEND, "the kernel backend is not installed")
             kernel_mount(
                 rfd=channel.read_fd,
                 wfd=channel.write_fd,

@@ -69,6 +69,10 @@ class System(Protocol):
         """The kernel backend's mount function, if this qube has one."""
         ...
 
+    def kernel_availability(self) -> tuple[bool, str]:
+        """Whether the kernel backend can mount here, and why (not)."""
+        ...
+
 
 def _status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
@@ -81,11 +85,13 @@ class SocketChannel:
         to_service, self._service_stdin = socket.socketpair()
         self._service_stdout, from_service = socket.socketpair()
         try:
-            # Its own session: the share outlives this command and its terminal.
+            # Its own session and no stdio of ours: the share outlives this
+            # command and its terminal. Its failures are reported by exit status.
             self._process = subprocess.Popen(
                 list(argv),
                 stdin=self._service_stdin.fileno(),
                 stdout=self._service_stdout.fileno(),
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except BaseException:
@@ -174,6 +180,17 @@ class RealSystem:
 
     def kernel_mount(self) -> KernelMount | None:
         return kernel_backend()
+
+    def kernel_availability(self) -> tuple[bool, str]:
+        if kernel_backend() is None:
+            return False, "the kernel backend (qsf_kmount) is not installed"
+        import qsf_kmount
+
+        availability = getattr(qsf_kmount, "availability", None)
+        if not callable(availability):
+            return False, "qsf_kmount cannot tell whether v9fs is usable"
+        usable, reason = availability()
+        return bool(usable), str(reason)
 
     def read_mounts(self) -> str:
         with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as table:

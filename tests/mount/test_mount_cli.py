@@ -73,6 +73,9 @@ class FakeSystem:
     def kernel_mount(self) -> KernelMount | None:
         return self.kernel
 
+    def kernel_availability(self) -> tuple[bool, str]:
+        return (True, "usable") if self.kernel else (False, "no v9fs in this kernel")
+
     def mount_point_problem(self, path: str) -> str | None:
         return self.expected("mount_point_problem", path)  # type: ignore[no-any-return]
 
@@ -266,9 +269,10 @@ def test_foreground_waits_for_the_fuse_process() -> None:
     assert run(system, ["--foreground", *ARGS]) == 0
 
 
-def test_kernel_backend_missing_is_exit_8() -> None:
+def test_kernel_backend_missing_is_exit_8(capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem([MOUNTPOINT_OK])
     assert run(system, ["--backend=kernel", *ARGS]) == 8
+    assert "no v9fs in this kernel" in capsys.readouterr().err
 
 
 def test_fuse_backend_missing_is_exit_8() -> None:
