@@ -3,6 +3,11 @@
 Those clients speak TCP only, so socat bridges a loopback port to one server
 process per connection. Every check runs against qsf-server and, as a control
 that the checks themselves are right, against diod serving the same export.
+
+diod's client library sends Tauth first and goes on without authentication
+only when the answer is Rlerror(ENOENT), which is what diod itself answers
+when no authentication is required ("error authenticating to server" means
+the server answered something else).
 """
 
 from __future__ import annotations
