@@ -79,7 +79,7 @@ class Connection:
         return len(self._in_flight)
 
     async def serve(self) -> Ending:
-        """Serve until EOF, a framing error or a broken stream; always cleans up."""
+        """Serve until EOF, a framing error or a broken stream, then close the stream."""
         ending = Ending.BROKEN
         try:
             async with trio.open_nursery() as nursery:
@@ -90,6 +90,9 @@ class Connection:
             if self.session is not None:
                 self.session.close()
                 self.session = None
+            with trio.CancelScope(shield=True):
+                await self._send.aclose()
+                await self._receive.aclose()
         return ending
 
     # -- reading -----------------------------------------------------------
