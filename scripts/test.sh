@@ -17,15 +17,18 @@ bash "$REPO/scripts/install.sh" || { say "FAIL: scripts/install.sh failed"; exit
 # The unprivileged tests run the checkout's code and the venv as uid 1000.
 check_readable_by_qube_user() {
     ((EUID == 0)) || return 0
-    local dir=$REPO
-    while [[ $dir != / ]]; do
+    # From / down, so that the first folder named is the one to fix.
+    local dir="" part
+    local -a parts
+    IFS=/ read -ra parts <<<"${REPO#/}"
+    for part in "${parts[@]}"; do
+        dir=$dir/$part
         if ! setpriv --reuid=$QUBE_UID --regid=$QUBE_GID --clear-groups -- test -x "$dir"; then
             say "FAIL: uid $QUBE_UID cannot enter $dir; the checkout must be readable by" \
                 "uid $QUBE_UID for the unprivileged tests: clone it elsewhere (e.g. /srv) or" \
                 "chmod o+x $dir"
             return 1
         fi
-        dir=$(dirname "$dir")
     done
     if ! setpriv --reuid=$QUBE_UID --regid=$QUBE_GID --clear-groups -- \
         "$VENV/bin/python" -c 'import qsf_p9.messages' 2>/dev/null; then
