@@ -22,7 +22,8 @@ chmod 755 "$work"
 bridge_pid=
 cleanup() {
     if [[ -n $bridge_pid ]]; then
-        kill "$bridge_pid" 2>/dev/null || true
+        # socat and any server it still runs: its own process group
+        kill -TERM -- "-$bridge_pid" 2>/dev/null || true
         wait "$bridge_pid" 2>/dev/null || true
     fi
     rm -rf "$work"
@@ -51,7 +52,7 @@ port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0
 
 step "Serve it: one qsf-server per connection on 127.0.0.1:$port"
 echo "$ socat TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork EXEC:\"$run_as_user $SERVER $share\""
-socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "EXEC:$run_as_user $SERVER $share" &
+setsid socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "EXEC:$run_as_user $SERVER $share" &
 bridge_pid=$!
 for _ in $(seq 50); do
     if "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.1).close()" 2>/dev/null; then

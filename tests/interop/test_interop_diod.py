@@ -12,9 +12,11 @@ the server answered something else).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -72,6 +74,7 @@ class Bridge:
                     [socat, f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
                      f"EXEC:{command}"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.scratch,
+                    start_new_session=True,  # its own process group: see stop()
                 )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -86,13 +89,17 @@ class Bridge:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def stop(self) -> None:
+        """Stop socat and whatever server it still runs (its process group)."""
         if self.process is not None:
-            self.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process = None
 
 
