@@ -4,6 +4,7 @@ QSF_VENV ?= /opt/qsf-venv
 PYTHON := $(QSF_VENV)/bin/python
 PYTEST := $(QSF_VENV)/bin/pytest
 SIZE ?= medium
+FUZZ_SECONDS ?= 600
 
 .PHONY: help install test demo lint fuzz test-long bench bench-server test-guest
 
@@ -12,7 +13,8 @@ help:
 	@echo "make test        the whole suite: pytest (without slow), ruff, mypy (scripts/test.sh)"
 	@echo "make demo        serve a sample folder and read it through diod's 9P clients"
 	@echo "make lint        ruff and mypy only"
-	@echo "make fuzz        the long runs: tests marked slow, hypothesis profile 'long'"
+	@echo "make fuzz        the long runs: tests marked slow (hypothesis profile 'long'), then"
+	@echo "                 the coverage-guided 9P decoder fuzzer for FUZZ_SECONDS (600)"
 	@echo "make bench       server benchmark, qsf-server vs diod (SIZE=tiny|small|medium|large)"
 	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
 
@@ -31,6 +33,8 @@ lint: install
 
 fuzz test-long: install
 	HYPOTHESIS_PROFILE=long $(PYTEST) -m slow
+	mkdir -p var/fuzz-corpus/p9_decoder
+	$(PYTHON) fuzz/p9_decoder.py -max_total_time=$(FUZZ_SECONDS) var/fuzz-corpus/p9_decoder
 
 bench bench-server: install
 	$(PYTHON) -m bench.server --size $(SIZE) --markdown
