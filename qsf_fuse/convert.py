@@ -52,7 +52,9 @@ def open_flags(flags: int) -> int:
 
 def check_name(name: bytes) -> bytes:
     """A name to send: one path component (the kernel checked it; defence in depth)."""
-    if not name or len(name) > NAME_MAX or b"/" in name or b"\0" in name:
+    if len(name) > NAME_MAX:
+        raise P9Error(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\0" in name:
         raise P9Error(errno.EINVAL)
     if name in (b".", b".."):
         raise P9Error(errno.EINVAL)

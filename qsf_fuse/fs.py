@@ -232,13 +232,19 @@ class Operations(pyfuse3.Operations):
         try:
             with self._nodes.hold(node) as fid:
                 reply = await self._getattr_fid(fid)
+            if reply.qid.path == node.key[0]:
+                return self._entry(node, reply)
         except P9Error as error:
-            # A path-based server (diod) forgets the file once unlinked: its open fids remain.
-            open_fid = next((f.fid for f in self._files.values() if f.node is node), None)
-            if error.errno != errno.ENOENT or open_fid is None:
+            if error.errno != errno.ENOENT:
                 raise
-            reply = await self._getattr_fid(open_fid)
-        return self._entry(node, reply)
+        # A path-based server (diod) answers for whatever file now has the name
+        # this fid was walked by, or for none once it is unlinked: an open file
+        # keeps its last known attributes then.
+        is_open = any(file.node is node for file in self._files.values())
+        if node.attrs is None or not is_open:
+            raise P9Error(errno.ESTALE if node.attrs is not None else errno.ENOENT)
+        attrs: pyfuse3.EntryAttributes = node.attrs
+        return attrs
 
     @_boundary
     async def setattr(
@@ -518,6 +524,10 @@ class Operations(pyfuse3.Operations):
         reply = await self._client.call(m.Twrite(file.fid, offset, piece), m.Rwrite)
         if reply.count == 0 and len(piece) > 0:
             raise P9Error(errno.EIO, "the server wrote nothing")
+        attrs = file.node.attrs
+        if attrs is not None and not file.append:
+            # What the kernel now believes too; kept for a server that cannot stat it later.
+            attrs.st_size = max(attrs.st_size, offset + reply.count)
         return reply.count
 
     @_boundary
