@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import struct
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from typing import Final, Literal
 
 from . import constants as c
@@ -74,8 +76,14 @@ class Decoder:
     """
 
     def __init__(self, *, replies: bool, msize: int = c.MAX_MSIZE) -> None:
-        self._types = REPLIES if replies else REQUESTS
+        self.replies = replies
         self.msize = msize
+        self._types = REPLIES if replies else REQUESTS
+        # type number -> body decoder, for the types of this direction only
+        self._decoders: dict[int, Callable[[memoryview], Message]] = {
+            type_: fast.DECODERS.get(type_) or partial(spec.decode_body, cls)
+            for type_, cls in self._types.items()
+        }
         # Unconsumed received bytes: chunks (oldest first, never empty), then tail.
         self._chunks: deque[memoryview] = deque()
         self._tail = bytearray()
@@ -99,19 +107,16 @@ class Decoder:
         if not isinstance(data, bytes):
             # A caller's mutable buffer may be reused: keep an immutable copy.
             data = bytes(data)
-        if len(data) < _SMALL_PIECE:
+        if self._buffered == 0 or len(data) >= _SMALL_PIECE:
+            self._flush_tail()
+            self._chunks.append(memoryview(data))
+        else:
+            # Small pieces after a partial frame: gather them instead of keeping
+            # one chunk object per piece.
             self._tail += data
             if len(self._tail) >= _TAIL_LIMIT:
                 self._flush_tail()
-        else:
-            self._flush_tail()
-            self._chunks.append(memoryview(data))
         self._buffered += len(data)
-
-    def _flush_tail(self) -> None:
-        if self._tail:
-            self._chunks.append(memoryview(bytes(self._tail)))
-            self._tail.clear()
 
     def next_message(self) -> tuple[int, Message] | Literal[_Sentinel.NEED_DATA, _Sentinel.EOF]:
         """The next (tag, message), NEED_DATA, or EOF once the stream ended cleanly."""
@@ -121,79 +126,67 @@ class Decoder:
         if size is None:
             if self._buffered < 4:
                 return self._need_data()
-            size = self._check_size(_SIZE.unpack(self._peek(4))[0])
+            (size,) = _SIZE.unpack_from(self._head(4))
+            if size < c.HDRSZ or size > self.msize:
+                raise self._fail(f"frame size {size} is outside [{c.HDRSZ}, msize {self.msize}]")
             self._frame_size = size
         if self._buffered < size:
             return self._need_data()
         self._frame_size = None
-        return self._decode_frame(self._take(size))
+        frame = self._take(size)
+        _, type_, tag = _HEADER.unpack_from(frame)
+        decode = self._decoders.get(type_)
+        if decode is None:
+            raise MessageError(
+                f"unsupported message type {type_}", tag=tag, type=type_, errno=errno.EOPNOTSUPP
+            )
+        try:
+            return tag, decode(frame[c.HDRSZ :])
+        except (ValueError, TypeError, struct.error) as error:
+            name = self._types[type_].__name__
+            raise MessageError(
+                f"malformed {name}: {error}", tag=tag, type=type_, errno=errno.EINVAL
+            ) from None
 
     def _need_data(self) -> Literal[_Sentinel.NEED_DATA, _Sentinel.EOF]:
         if not self._eof:
             return NEED_DATA
         if self._buffered == 0:
             return EOF
-        self._failure = FramingError(f"stream ended inside a frame ({self._buffered} bytes)")
-        raise self._failure
+        raise self._fail(f"stream ended inside a frame ({self._buffered} bytes)")
 
-    def _check_size(self, size: int) -> int:
-        if size < c.HDRSZ:
-            self._failure = FramingError(f"frame size {size} is less than {c.HDRSZ}")
-        elif size > self.msize:
-            self._failure = FramingError(f"frame size {size} exceeds msize {self.msize}")
-        else:
-            return size
-        raise self._failure
+    def _fail(self, reason: str) -> FramingError:
+        self._failure = FramingError(reason)
+        return self._failure
 
-    def _peek(self, count: int) -> memoryview:
-        """The first `count` buffered bytes (count <= buffered), without consuming them."""
+    def _flush_tail(self) -> None:
+        if self._tail:
+            self._chunks.append(memoryview(bytes(self._tail)))
+            self._tail.clear()
+
+    def _gather(self, count: int) -> None:
+        """Make the first chunk hold at least `count` bytes (count <= buffered)."""
         self._flush_tail()
-        head = self._chunks[0]
-        if len(head) < count:
-            parts = []
-            have = 0
-            while have < count:
-                part = self._chunks.popleft()
-                parts.append(part)
-                have += len(part)
-            head = memoryview(b"".join(parts))
-            self._chunks.appendleft(head)
-        return head[:count]
+        parts = []
+        have = 0
+        while have < count:
+            part = self._chunks.popleft()
+            parts.append(part)
+            have += len(part)
+        self._chunks.appendleft(memoryview(b"".join(parts)))
+
+    def _head(self, count: int) -> memoryview:
+        """A chunk starting with the first `count` buffered bytes (count <= buffered)."""
+        if not self._chunks or len(self._chunks[0]) < count:
+            self._gather(count)
+        return self._chunks[0]
 
     def _take(self, count: int) -> memoryview:
         """Consume the first `count` buffered bytes (count <= buffered)."""
-        self._flush_tail()
+        head = self._head(count)
         self._buffered -= count
-        head = self._chunks[0]
-        if len(head) >= count:
-            if len(head) == count:
-                self._chunks.popleft()
-            else:
-                self._chunks[0] = head[count:]
-            return head[:count]
-        parts = []
-        while count:
-            part = self._chunks.popleft()
-            if len(part) > count:
-                self._chunks.appendleft(part[count:])
-                part = part[:count]
-            parts.append(part)
-            count -= len(part)
-        return memoryview(b"".join(parts))
-
-    def _decode_frame(self, frame: memoryview) -> tuple[int, Message]:
-        _, type_, tag = _HEADER.unpack_from(frame)
-        cls = self._types.get(type_)
-        if cls is None:
-            raise MessageError(
-                f"unsupported message type {type_}", tag=tag, type=type_, errno=errno.EOPNOTSUPP
-            )
-        body = frame[c.HDRSZ:]
-        decoder = fast.DECODERS.get(type_)
-        try:
-            message = decoder(body) if decoder is not None else spec.decode_body(cls, body)
-        except (ValueError, TypeError, struct.error) as error:
-            raise MessageError(
-                f"malformed {cls.__name__}: {error}", tag=tag, type=type_, errno=errno.EINVAL
-            ) from None
-        return tag, message
+        if len(head) == count:
+            self._chunks.popleft()
+            return head
+        self._chunks[0] = head[count:]
+        return head[:count]

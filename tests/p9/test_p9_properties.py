@@ -22,7 +22,7 @@ from p9_wire import (
     tags,
 )
 
-from qsf_p9 import codec, fast, spec
+from qsf_p9 import fast, spec
 from qsf_p9.codec import EOF, NEED_DATA, Decoder, encode
 from qsf_p9.errors import FramingError, MessageError
 from qsf_p9.messages import Message
@@ -75,7 +75,8 @@ def test_round_trip(cls: type[Message], data: st.DataObject) -> None:
     got_tag, got = decoder.next_message()  # type: ignore[misc]
     assert got_tag == tag
     assert type(got) is cls
-    assert plain(got) == plain(message)
+    # repr also tells a Qid or Dirent from a plain tuple
+    assert repr(plain(got)) == repr(plain(message))
     assert decoder.next_message() is NEED_DATA
     assert decoder.buffered == 0
 
@@ -91,7 +92,8 @@ def test_fast_equals_spec(cls: type[Message], data: st.DataObject) -> None:
     assert fast_frame == _HEADER.pack(7 + len(body), cls.TYPE, tag) + body
     view = memoryview(fast_frame)[7:]
     from_fast = fast.DECODERS[cls.TYPE](view)
-    assert plain(from_fast) == plain(spec.decode_body(cls, view)) == plain(message)
+    from_spec = spec.decode_body(cls, view)
+    assert repr(plain(from_fast)) == repr(plain(from_spec)) == repr(plain(message))
 
 
 def _outcome(decode: object, body: bytes) -> object:
@@ -151,11 +153,7 @@ def drive(decoder: Decoder, stream: bytes, chunks: list[int]) -> None:
             continue
         assert isinstance(result, tuple)
         _, message = result
-        assert is_reply(type(message)) == decoder_replies(decoder)
-
-
-def decoder_replies(decoder: Decoder) -> bool:
-    return decoder._types is codec.REPLIES
+        assert is_reply(type(message)) == decoder.replies
 
 
 @given(
