@@ -64,7 +64,7 @@ done
 diod_client=(-s "127.0.0.1:$port" -a "$share" -t 10)
 
 step "List it with diodls (an independent 9P2000.L client)"
-show diodls "${diod_client[@]}" -l /
+show diodls "${diod_client[@]}" /
 show diodls "${diod_client[@]}" "photos 2026"
 
 step "Read files with diodcat"
