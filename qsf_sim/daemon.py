@@ -318,9 +318,9 @@ class Daemon:
     async def _join(self, call: Call, process: asyncio.subprocess.Process,
                     reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     to_service: socket.socket, from_service: socket.socket) -> None:
-        in_reader, in_writer = await asyncio.open_unix_connection(sock=to_service)
+        # The transports own the sockets from here: close them only through the transports.
+        _, in_writer = await asyncio.open_unix_connection(sock=to_service)
         out_reader, out_writer = await asyncio.open_unix_connection(sock=from_service)
-        del in_reader, out_writer  # one direction each
 
         async def upstream() -> None:
             """Caller's frames to the service's stdin; ends only by raising (caller gone)."""
@@ -368,7 +368,7 @@ class Daemon:
             down.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
             in_writer.close()
-            from_service.close()
+            out_writer.close()
             await self._reap(process)
 
     async def _reap(self, process: asyncio.subprocess.Process) -> None:

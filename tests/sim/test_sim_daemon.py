@@ -13,9 +13,11 @@ import re
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -349,6 +351,73 @@ def test_another_qubes_user_cannot_use_a_qube_socket(sim: Sim) -> None:
     assert not marker.exists()
     assert sim.run("work", forged).returncode == 0  # the right user, the right socket
     assert marker.exists()
+
+
+# --- hostile bytes on a qube's socket ----------------------------------------------------
+
+# Sends raw bytes as the qube's user and prints the daemon's first reply frame type
+# (or "closed"); the stream given on argv[2] is a Python bytes literal.
+RAW_CLIENT = """
+import ast, socket, struct, sys
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(sys.argv[1])
+conn.settimeout(20)
+conn.sendall(ast.literal_eval(sys.argv[2]))
+header = conn.recv(5)
+print(header[0] if len(header) == 5 else "closed")
+"""
+
+
+def header(kind: int, length: int) -> bytes:
+    return struct.pack("<BI", kind, length)
+
+
+@pytest.mark.parametrize(("stream", "reply"), [
+    (header(6, 3) + b"abc", "5"),  # DATA before REQUEST: FAIL
+    (header(1, 9) + b"wrong/1\0x", "5"),  # bad magic: FAIL
+    (header(1, 15) + b"qsf-sim/1\0a\0b\0c", "5"),  # too many fields: FAIL
+    (header(1, 2000) + b"x" * 2000, "5"),  # request too long: FAIL
+    (header(99, 0), "closed"),  # unknown frame type
+    (header(6, 10_000_000), "closed"),  # oversized frame
+    (header(1, 20) + b"qsf-sim/1\0\xff\xfe\0test.Echo", "3"),  # non-ASCII target: REFUSE
+    (header(1, 17) + b"qsf-sim/1\0server\0", "3"),  # no service name: REFUSE
+])
+def test_malformed_requests_are_answered_and_the_daemon_survives(
+        sim: Sim, stream: bytes, reply: str) -> None:
+    allow(sim, "test.Echo * work server allow")
+    result = sim.run("work", [sys.executable, "-c", RAW_CLIENT, str(sim.socket("work")),
+                              repr(stream)])
+    assert result.stdout.decode().strip() == reply, result.stderr
+    assert sim.call("work", "server", "test.Echo", input=b"ok").stdout == b"got:ok"
+
+
+def test_truncated_request_then_disconnect(sim: Sim) -> None:
+    allow(sim, "test.Echo * work server allow")
+    result = sim.run("work", [sys.executable, "-c", RAW_CLIENT.replace(
+        "header = conn.recv(5)", "conn.shutdown(socket.SHUT_WR)\nheader = conn.recv(5)"),
+        str(sim.socket("work")), repr(header(1, 50) + b"qsf-sim/1\0")])
+    assert result.stdout.decode().strip() == "closed"
+    assert sim.call("work", "server", "test.Echo", input=b"ok").stdout == b"got:ok"
+
+
+def test_caller_killed_mid_call_ends_the_service(sim: Sim) -> None:
+    pid_file = sim.home("server") / "sleeper.pid"
+    sim.install_service("server", "test.Sleep", "#!/bin/sh\necho $$ > \"$HOME/sleeper.pid\"\n"
+                        "echo started\nexec sleep 600\n")
+    allow(sim, "test.Sleep * work server allow")
+    client = sim.popen("work", ["qrexec-client-vm", "server", "test.Sleep"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        pid = int(pid_file.read_text())
+    finally:
+        client.kill()
+        client.wait()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the service outlived its caller"
 
 
 # --- LOCAL_PROGRAM -----------------------------------------------------------------------
