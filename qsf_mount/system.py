@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
+
+ABORT_GRACE: Final = 3.0  # seconds qrexec-client-vm gets to end after each step of abort()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +134,17 @@ class SocketChannel:
         self._from_service.close()
 
     def abort(self) -> None:
+        """Close our ends; qrexec-client-vm then sees EOF and ends (else SIGTERM, SIGKILL)."""
         self.detach()
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
+        for stop in (None, self._process.terminate, self._process.kill):
+            if stop is not None:
+                stop()
             try:
-                self._process.wait(timeout=5)
+                self._process.wait(timeout=ABORT_GRACE)
+                return
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                continue
+        self._process.wait()
 
 
 class RealSystem:
