@@ -58,6 +58,7 @@ DENY_MESSAGES: Final = {
     "policy": "not allowed (dom0 never shares, a qube cannot mount from itself)",
     "invalid": "dom0 rejected the request as malformed",
     "busy": "another request from this qube is waiting, or too many prompts: try later",
+    "internal": "dom0 failed to decide (see its journal)",
 }
 # Options qvm-mount-folder sets itself.
 RESERVED_OPTIONS: Final = ("fsname", "subtype")
@@ -175,7 +176,9 @@ def authorize(system: System, request: MountRequest) -> tuple[str, str]:
     denied = DENY_RE.match(result.stdout)
     if denied is not None:
         reason = denied["reason"].decode("ascii")
-        raise Failure(EXIT_DENIED, f"dom0: {DENY_MESSAGES.get(reason, f'denied ({reason})')}")
+        # Denied by a decision; a malformed request or a failure in dom0 is not one.
+        code = EXIT_FAILURE if reason in ("invalid", "internal") else EXIT_DENIED
+        raise Failure(code, f"dom0: {DENY_MESSAGES.get(reason, f'denied ({reason})')}")
     raise Failure(EXIT_FAILURE, f"unexpected answer from dom0: {result.stdout[:MAX_REPLY]!r}")
 
 

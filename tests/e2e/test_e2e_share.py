@@ -462,3 +462,28 @@ def test_malformed_connect_never_reaches_dom0(sim: Sim, data: bytes) -> None:
     result = sim.call("work", "server", f"qsf.ConnectToFolder+{fingerprint}", input=data)
     assert (result.returncode, result.stdout) == (0, b"error denied\n")
     assert _dom0_files(sim) == before  # the one-time grant was not consumed
+
+
+def test_killed_channel_gives_errors_not_hangs(sim: Sim) -> None:
+    target = mountpoint(sim, "work")
+    sim.answer_folder("once rw")
+    result = qvm_mount(sim, "work", "server", share(sim), target)
+    assert result.returncode == 0, result.stderr
+    channels = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()
+                and _cmdline(pid).find("qsf.ConnectToFolder+") >= 0
+                and str(sim.socket("work")) in _cmdline(pid)]
+    assert len(channels) == 1
+    os.kill(channels[0], 9)
+    cat = sim.run("work", ["cat", str(target / "hello.txt")], timeout=30)
+    assert cat.returncode != 0
+    assert b"Input/output error" in cat.stderr or b"not connected" in cat.stderr, cat.stderr
+    # the server side saw EOF and ended
+    assert wait_until(lambda: not any("qsf_server" in c for c in live_processes(sim.root)))
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""

@@ -169,13 +169,15 @@ def test_folder_is_normalised_and_escaped_in_fsname() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "text"),
-    [("user", "denied by the user"), ("block", "blocked"), ("policy", "never shares"),
-     ("busy", "try later"), ("invalid", "malformed"), ("internal", "denied (internal)")],
+    ("reason", "text", "code"),
+    [("user", "denied by the user", 3), ("block", "blocked", 3), ("policy", "never shares", 3),
+     ("busy", "try later", 3), ("later", "denied (later)", 3), ("invalid", "malformed", 1),
+     ("internal", "dom0 failed", 1)],
 )
-def test_denied_in_dom0(reason: str, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_denied_in_dom0(reason: str, text: str, code: int,
+                        capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem([MOUNTPOINT_OK, authorize_call(f"deny {reason}\n".encode())])
-    assert run(system, ARGS) == 3
+    assert run(system, ARGS) == code
     err = capsys.readouterr().err
     assert text in err and err.count("\n") == 1
 
