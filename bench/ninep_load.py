@@ -115,6 +115,10 @@ class Connection:
             raise LoadError("server closed the connection")
         return start, end + received
 
+    def _check_drained(self, start: int, end: int) -> None:
+        if start != end:
+            raise LoadError(f"{end - start} bytes from the server after the last reply")
+
     def _frame(self, start: int, end: int, expected: dict[int, int]) -> tuple[int, int, int]:
         """(size, type, tag) of the whole frame at `start`, or size 0 if it is incomplete.
 
@@ -197,6 +201,7 @@ class Connection:
                         walk(tag)
                 start += size
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        self._check_drained(start, end)
         return LoadResult(done, 0, wall, cpu)
 
     def read(self, fid: int, size: int, depth: int) -> LoadResult:
@@ -249,6 +254,7 @@ class Connection:
                     issue(tag)
                 start += frame_size
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        self._check_drained(start, end)
         return LoadResult(requests, total, wall, cpu)
 
     def write(self, fid: int, size: int, depth: int) -> LoadResult:
@@ -299,4 +305,5 @@ class Connection:
                 if next_offset < size:
                     issue(tag)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        self._check_drained(start, end)
         return LoadResult(requests, total, wall, cpu)
