@@ -112,6 +112,8 @@ class Export:
         st = os.fstat(fd)
         self.root_place = Place(None, b"", st.st_dev, st.st_ino)
         self.path = os.fsencode(os.path.abspath(path))
+        # The attach names that select this export (besides ""): its path as given or resolved.
+        self.anames = frozenset({self.path, os.fsencode(os.path.realpath(path))})
 
     def close(self) -> None:
         os.close(self.root_fd)

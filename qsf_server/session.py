@@ -126,12 +126,14 @@ class Session:
     # -- session -----------------------------------------------------------
 
     async def auth(self, request: m.Tauth) -> Message:
-        return m.Rlerror(errno.EOPNOTSUPP)
+        # No authentication in 9P: dom0 authorised the channel. diod's client
+        # library reads ENOENT (or no errno) as "authentication not required".
+        return m.Rlerror(errno.ENOENT)
 
     async def attach(self, request: m.Tattach) -> Message:
         if request.afid != c.NOFID:
             raise fs.error(errno.EBADF, "no authentication fids")
-        if request.aname not in (b"", self.export.path):
+        if request.aname and request.aname not in self.export.anames:
             raise fs.error(errno.ENOENT, "aname must be empty or the export path")
         if request.fid in self.fids:
             raise fs.error(errno.EBADF, "fid in use")
