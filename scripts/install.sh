@@ -95,7 +95,6 @@ install_project() {
     chmod -R a+rX "$VENV"
 }
 
-[[ -x $PYTHON ]] || install_apt_packages
 install_apt_packages
 make_venv
 install_project
