@@ -149,7 +149,8 @@ async def _mount_and_serve(
         return MountError(f"the server refused the session: {error.args[-1]}")
     operations = Operations(
         client, root_fid, root_qid, nursery,
-        FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv),
+        FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
+                  max_fids=config.max_fids),
     )
     try:
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())

@@ -20,7 +20,8 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -32,7 +33,7 @@ from qsf_p9 import messages as m
 
 from . import convert
 from .client import XATTR_SIZE_MAX, BadReply, P9Client, P9Error
-from .inodes import InodeMap, Node, UnknownInode
+from .inodes import DEFAULT_MAX_FIDS, InodeMap, Node, UnknownInode, key_of
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ R = TypeVar("R")
 class FsOptions:
     cache_timeout: float = 1.0  # kernel entry and attribute cache, seconds
     ignoreqv: bool = False  # use the page cache even when qid.version is 0
+    max_fids: int = DEFAULT_MAX_FIDS  # fids kept by known inodes (beyond: walk again)
 
 
 def _boundary(
@@ -120,10 +122,14 @@ class Operations(pyfuse3.Operations):
         self._client = client
         self._nursery = nursery
         self._options = options or FsOptions()
-        self._nodes = InodeMap(root_fid, root_qid, self._release_fid)
+        self._nodes = InodeMap(
+            root_fid, root_qid, self._release_fid, self._options.max_fids
+        )
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, OpenDir] = {}
         self._next_fh = 1
+        # Messages the server answered EOPNOTSUPP to: their fallbacks are used directly.
+        self._unsupported: set[type[m.Message]] = set()
 
     # -- helpers -----------------------------------------------------------
 
@@ -187,7 +193,7 @@ class Operations(pyfuse3.Operations):
 
     async def _walk_entry(self, parent: Node, name: bytes) -> pyfuse3.EntryAttributes:
         """Look name up in parent: one more kernel lookup of its node."""
-        with self._nodes.hold(parent) as parent_fid:
+        async with self._use(parent) as parent_fid:
             fid, qid = await self._client.walk(parent_fid, [name])
         assert qid is not None
         try:
@@ -197,16 +203,45 @@ class Operations(pyfuse3.Operations):
         except BaseException:
             self._release_fid(fid)
             raise
-        node = self._nodes.remember(qid, fid)
+        node = self._nodes.remember(qid, fid, parent, name)
         try:
             return self._entry(node, reply)
         except BaseException:
             self._nodes.forget(node.inode, 1)
             raise
 
+    @asynccontextmanager
+    async def _use(self, node: Node) -> AsyncIterator[int]:
+        """node's fid for the block, walked again first if it was evicted."""
+        if node.ref is None and node is not self._nodes.root and node.inode not in self._nodes:
+            # A forgotten directory on the way to a file still known: a fid for now only.
+            fid = await self._walk_again(node)
+            try:
+                yield fid
+            finally:
+                self._release_fid(fid)
+            return
+        if node.ref is None:
+            self._nodes.attach_fid(node, await self._walk_again(node))
+        with self._nodes.hold(node) as fid:
+            yield fid
+
+    async def _walk_again(self, node: Node) -> int:
+        """A new fid for node, walked by its last known name in its parent."""
+        parent = node.parent
+        if parent is None:
+            raise P9Error(errno.ESTALE)
+        async with self._use(parent) as parent_fid:
+            fid, qid = await self._client.walk(parent_fid, [node.name])
+        assert qid is not None
+        if key_of(qid) != node.key:
+            self._release_fid(fid)
+            raise P9Error(errno.ESTALE, "the file was replaced since it was looked up")
+        return fid
+
     async def _clone(self, node: Node) -> int:
         """A new fid for node's file, to open or to turn into something else."""
-        with self._nodes.hold(node) as fid:
+        async with self._use(node) as fid:
             newfid, _ = await self._client.walk(fid, [])
         return newfid
 
@@ -230,7 +265,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._nodes.get(inode)
         try:
-            with self._nodes.hold(node) as fid:
+            async with self._use(node) as fid:
                 reply = await self._getattr_fid(fid)
             if reply.qid.path == node.key[0]:
                 return self._entry(node, reply)
@@ -262,7 +297,7 @@ class Operations(pyfuse3.Operations):
             await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
             reply = await self._getattr_fid(fid)
         else:
-            with self._nodes.hold(node) as fid:
+            async with self._use(node) as fid:
                 await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
                 reply = await self._getattr_fid(fid)
         return self._entry(node, reply)
@@ -270,7 +305,7 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._nodes.get(inode)
-        with self._nodes.hold(node) as fid:
+        async with self._use(node) as fid:
             reply = await self._client.call(m.Treadlink(fid), m.Rreadlink)
         return reply.target
 
@@ -291,7 +326,7 @@ class Operations(pyfuse3.Operations):
             finally:
                 await self._clunk_quietly(fid)
         elif kind in (stat.S_IFIFO, stat.S_IFSOCK):
-            with self._nodes.hold(parent) as dfid:
+            async with self._use(parent) as dfid:
                 await self._client.call(m.Tmknod(dfid, name, mode, 0, 0, ctx.gid), m.Rmknod)
         else:
             raise P9Error(errno.EPERM, "device nodes are not created on shared folders")
@@ -303,7 +338,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
-        with self._nodes.hold(parent) as dfid:
+        async with self._use(parent) as dfid:
             await self._client.call(
                 m.Tmkdir(dfid, name, stat.S_IMODE(mode), ctx.gid), m.Rmkdir
             )
@@ -315,7 +350,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
-        with self._nodes.hold(parent) as dfid:
+        async with self._use(parent) as dfid:
             await self._client.call(m.Tsymlink(dfid, name, target, ctx.gid), m.Rsymlink)
         return await self._walk_entry(parent, name)
 
@@ -326,7 +361,7 @@ class Operations(pyfuse3.Operations):
         node = self._nodes.get(inode)
         parent = self._nodes.get(new_parent_inode)
         new_name = convert.check_name(new_name)
-        with self._nodes.hold(parent) as dfid, self._nodes.hold(node) as fid:
+        async with self._use(parent) as dfid, self._use(node) as fid:
             await self._client.call(m.Tlink(dfid, fid, new_name), m.Rlink)
         # The new name is a lookup of the same file.
         return await self._walk_entry(parent, new_name)
@@ -342,13 +377,15 @@ class Operations(pyfuse3.Operations):
     async def _unlinkat(self, parent_inode: int, name: bytes, flags: int) -> None:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
-        with self._nodes.hold(parent) as dfid:
-            try:
-                await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
-                return
-            except P9Error as error:
-                if error.errno != errno.EOPNOTSUPP:
-                    raise
+        async with self._use(parent) as dfid:
+            if m.Tunlinkat not in self._unsupported:
+                try:
+                    await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
+                    return
+                except P9Error as error:
+                    if error.errno != errno.EOPNOTSUPP:
+                        raise
+                    self._unsupported.add(m.Tunlinkat)
             # A server without Tunlinkat (diod): walk to the file and Tremove it.
             fid, qid = await self._client.walk(dfid, [name])
         assert qid is not None
@@ -375,7 +412,7 @@ class Operations(pyfuse3.Operations):
         new_parent = self._nodes.get(parent_inode_new)
         name_old = convert.check_name(name_old)
         name_new = convert.check_name(name_new)
-        with self._nodes.hold(old_parent) as old_dfid, self._nodes.hold(new_parent) as new_dfid:
+        async with self._use(old_parent) as old_dfid, self._use(new_parent) as new_dfid:
             try:
                 await self._client.call(
                     m.Trenameat(old_dfid, name_old, new_dfid, name_new), m.Rrenameat
@@ -397,7 +434,7 @@ class Operations(pyfuse3.Operations):
         old fid; a fid-based one loses nothing by this.
         """
         try:
-            with self._nodes.hold(parent) as dfid:
+            async with self._use(parent) as dfid:
                 fid, qid = await self._client.walk(dfid, [name])
         except P9Error:
             return
@@ -406,7 +443,7 @@ class Operations(pyfuse3.Operations):
         if node is None:
             self._release_fid(fid)
         else:
-            self._nodes.replace_fid(node, fid)
+            self._nodes.replace_fid(node, fid, parent, name)
 
     # -- files -------------------------------------------------------------
 
@@ -658,7 +695,7 @@ class Operations(pyfuse3.Operations):
         One Tgetattr on its fid instead of a walk; P9Error if that fid no
         longer names the same file (a path-based server after a rename).
         """
-        with self._nodes.hold(node) as fid:
+        async with self._use(node) as fid:
             reply = await self._getattr_fid(fid)
         if reply.qid.path != node.key[0]:
             raise P9Error(errno.ESTALE)
@@ -685,14 +722,14 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        with self._nodes.hold(self._nodes.root) as fid:
+        async with self._use(self._nodes.root) as fid:
             reply = await self._client.call(m.Tstatfs(fid), m.Rstatfs)
         return convert.statvfs(reply)
 
     @_boundary
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         node = self._nodes.get(inode)
-        with self._nodes.hold(node) as fid:
+        async with self._use(node) as fid:
             attrs = self._entry(node, await self._getattr_fid(fid))
         if ctx.uid == 0:
             return not mode & os.X_OK or bool(attrs.st_mode & 0o111) or stat.S_ISDIR(attrs.st_mode)
@@ -707,7 +744,7 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes -----------------------------------------------
 
     async def _read_xattr(self, node: Node, name: bytes) -> bytes:
-        with self._nodes.hold(node) as fid:
+        async with self._use(node) as fid:
             xfid, size = await self._client.xattrwalk(fid, name)
         try:
             data = bytearray()

@@ -14,11 +14,17 @@ A node's fid can be replaced by a fresher one (a path-based server such as diod
 ties a fid to the path it was walked by). An operation holds the fid it uses
 (`hold`), and a replaced or forgotten fid is clunked only once no operation
 holds it any more: `on_unused` is called with it then.
+
+Servers bound their fids (qsf-server by its descriptor limit), while the kernel
+may keep any number of inodes: at most `max_fids` nodes keep a fid, the least
+recently used lose theirs (`evict`), and get a new one by walking their last
+known name from their parent again (the file system does that walk).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ from qsf_p9.messages import Qid
 log = logging.getLogger(__name__)
 
 ROOT_INODE: Final = 1  # pyfuse3.ROOT_INODE
+DEFAULT_MAX_FIDS: Final = 4096
 
 
 @dataclass(eq=False)
@@ -54,7 +61,11 @@ def key_of(qid: Qid) -> Key:
 class Node:
     inode: int
     key: Key
-    ref: FidRef
+    # The fid walked to this file; None once evicted (walk parent/name again).
+    ref: FidRef | None
+    # Where the file was last seen: its directory's node and its name there.
+    parent: Node | None = None
+    name: bytes = b""
     lookups: int = 0
     # Cached attributes (a pyfuse3.EntryAttributes) and when they go stale.
     attrs: Any = None
@@ -70,12 +81,21 @@ class UnknownInode(LookupError):
 
 
 class InodeMap:
-    def __init__(self, root_fid: int, root_qid: Qid, on_unused: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        root_fid: int,
+        root_qid: Qid,
+        on_unused: Callable[[int], None],
+        max_fids: int = DEFAULT_MAX_FIDS,
+    ) -> None:
         self._on_unused = on_unused
+        self._max_fids = max(1, max_fids)
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[Key, Node] = {}
+        # Nodes (but the root) that hold a fid, least recently used first.
+        self._with_fid: OrderedDict[int, Node] = OrderedDict()
         self._next_inode = ROOT_INODE + 1
-        # The root is never forgotten: its lookup count is not tracked.
+        # The root is never forgotten nor evicted: its lookup count is not tracked.
         self.root = Node(ROOT_INODE, key_of(root_qid), FidRef(root_fid), lookups=1)
         self._nodes[ROOT_INODE] = self.root
 
@@ -84,6 +104,11 @@ class InodeMap:
 
     def __contains__(self, inode: int) -> bool:
         return inode in self._nodes
+
+    @property
+    def fids_held(self) -> int:
+        """Nodes holding a fid, the root included."""
+        return len(self._with_fid) + 1
 
     def get(self, inode: int) -> Node:
         try:
@@ -95,8 +120,8 @@ class InodeMap:
         """The node of a file already known (by qid), if any."""
         return self._by_key.get(key_of(qid))
 
-    def remember(self, qid: Qid, fid: int) -> Node:
-        """Record one more lookup of the file qid names, walked to as fid.
+    def remember(self, qid: Qid, fid: int, parent: Node, name: bytes) -> Node:
+        """Record one more lookup of the file qid names, walked to as fid from parent/name.
 
         fid is consumed: it becomes the node's fid, and the fid it replaces is
         released (clunked once unused).
@@ -104,32 +129,62 @@ class InodeMap:
         key = key_of(qid)
         node = self._by_key.get(key)
         if node is None:
-            node = Node(self._next_inode, key, FidRef(fid))
+            node = Node(self._next_inode, key, None)
             self._next_inode += 1
             self._nodes[node.inode] = node
             self._by_key[key] = node
-        else:
-            self._replace_fid(node, fid)
+        node.parent, node.name = parent, name
+        self._set_fid(node, fid)
         node.lookups += 1
         return node
 
     def add_lookup(self, node: Node) -> None:
         """One more lookup of a known node, without a new fid."""
-        if node.inode not in self._nodes:
+        if self._nodes.get(node.inode) is not node:
             raise UnknownInode(node.inode)
         node.lookups += 1
 
-    def replace_fid(self, node: Node, fid: int) -> None:
+    def replace_fid(self, node: Node, fid: int, parent: Node, name: bytes) -> None:
         """Give node a fresher fid (e.g. after a rename); the old one is released."""
         if self._nodes.get(node.inode) is not node:
             self._on_unused(fid)
             return
-        self._replace_fid(node, fid)
+        node.parent, node.name = parent, name
+        self._set_fid(node, fid)
 
-    def _replace_fid(self, node: Node, fid: int) -> None:
+    def attach_fid(self, node: Node, fid: int) -> None:
+        """A fid walked again for an evicted node (released if the node has one by now)."""
+        if node.ref is not None or self._nodes.get(node.inode) is not node:
+            self._on_unused(fid)
+            if node.ref is None:
+                raise UnknownInode(node.inode)
+            return
+        self._set_fid(node, fid)
+
+    def _set_fid(self, node: Node, fid: int) -> None:
         old = node.ref
         node.ref = FidRef(fid)
-        self._retire(old)
+        if old is not None:
+            self._retire(old)
+        if node is not self.root:
+            self._with_fid[node.inode] = node
+            self._with_fid.move_to_end(node.inode)
+            self.evict()
+
+    def evict(self) -> None:
+        """Release the fids of the least recently used idle nodes beyond max_fids."""
+        busy: list[Node] = []
+        while len(self._with_fid) + len(busy) > self._max_fids and self._with_fid:
+            _, node = self._with_fid.popitem(last=False)
+            assert node.ref is not None
+            if node.ref.users:
+                busy.append(node)
+                continue
+            ref, node.ref = node.ref, None
+            self._retire(ref)
+        for node in busy:
+            self._with_fid[node.inode] = node
+            self._with_fid.move_to_end(node.inode, last=False)
 
     def forget(self, inode: int, count: int) -> None:
         """The kernel dropped count lookups of inode. Never raises."""
@@ -146,18 +201,20 @@ class InodeMap:
         del self._nodes[inode]
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
-        self._retire(node.ref)
-
-    def forget_key(self, node: Node) -> None:
-        """The file behind node is gone (or changed identity): stop finding it by qid."""
-        if self._by_key.get(node.key) is node:
-            del self._by_key[node.key]
+        self._with_fid.pop(inode, None)
+        if node.ref is not None:
+            ref, node.ref = node.ref, None
+            self._retire(ref)
 
     @contextmanager
     def hold(self, node: Node) -> Iterator[int]:
-        """Use node's current fid; it is not clunked before the block ends."""
+        """Use node's current fid (it must have one); not clunked before the block ends."""
         ref = node.ref
+        if ref is None:
+            raise UnknownInode(node.inode)
         ref.users += 1
+        if node.inode in self._with_fid:
+            self._with_fid.move_to_end(node.inode)
         try:
             yield ref.fid
         finally:
@@ -173,5 +230,5 @@ class InodeMap:
             self._on_unused(ref.fid)
 
     def all_fids(self) -> list[int]:
-        """The fids of every node still known (for the final clean-up)."""
-        return [node.ref.fid for node in self._nodes.values()]
+        """The fids of every node still holding one (for the final clean-up)."""
+        return [node.ref.fid for node in self._nodes.values() if node.ref is not None]

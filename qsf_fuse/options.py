@@ -11,6 +11,7 @@ from typing import Final
 from qsf_p9 import constants as c
 
 from .client import DEFAULT_TIMEOUT
+from .inodes import DEFAULT_MAX_FIDS
 
 # Flags handed to the kernel unchanged (pyfuse3.init accepts these).
 _KERNEL_FLAGS: Final = frozenset(
@@ -32,6 +33,8 @@ mount options (-o, comma-separated):
   fsname=F           the source shown in /proc/mounts (default qsf)
   subtype=S          the file system type is fuse.S (default qsf)
   ignoreqv           use the page cache even for files whose qid.version is 0
+  max_fids=N         fids kept open on the server for known files (default 4096);
+                     beyond that the least recently used are walked again
   ro, allow_other, allow_root, noexec, noatime, sync, dirsync, auto_unmount
                      passed to the kernel
 Always set: default_permissions, nodev, nosuid.
@@ -55,6 +58,7 @@ class MountConfig:
     fsname: str = "qsf"
     subtype: str = "qsf"
     ignoreqv: bool = False
+    max_fids: int = DEFAULT_MAX_FIDS
     kernel_flags: list[str] = field(default_factory=list)
 
     def fuse_options(self) -> set[str]:
@@ -75,6 +79,16 @@ def _seconds(name: str, value: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise UsageError(f"{name}={value}: must be zero or more seconds")
     return seconds
+
+
+def _integer(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(f"{name}={value}: not a number") from None
+    if not low <= number <= high:
+        raise UsageError(f"{name}={value}: outside {low}..{high}")
+    return number
 
 
 def _text(name: str, value: str) -> str:
@@ -120,12 +134,9 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
             elif name == "request_timeout":
                 config.request_timeout = _seconds(name, value)
             elif name == "msize":
-                try:
-                    config.msize = int(value)
-                except ValueError:
-                    raise UsageError(f"msize={value}: not a number") from None
-                if not c.MIN_MSIZE <= config.msize <= c.MAX_MSIZE:
-                    raise UsageError(f"msize={value}: outside {c.MIN_MSIZE}..{c.MAX_MSIZE}")
+                config.msize = _integer(name, value, c.MIN_MSIZE, c.MAX_MSIZE)
+            elif name == "max_fids":
+                config.max_fids = _integer(name, value, 16, 1 << 20)
             elif name == "fsname":
                 config.fsname = _text(name, value)
             elif name == "subtype":
