@@ -49,7 +49,8 @@ MAX_STREAMS = 64
 MAX_STREAM_ID = 0xFFFFFFFF
 CONNECT_TIMEOUT = 10.0
 
-Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+# Host side: connect a new stream's protocol (from the factory) to the target.
+Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[None]]
 
 
 class Kind(enum.IntEnum):
@@ -67,78 +68,140 @@ class MuxProtocolError(Exception):
     """The peer broke the framing rules: the session ends."""
 
 
+class _Local(asyncio.Protocol):
+    """The local side of one stream (a program's connection, or the target's)."""
+
+    def __init__(self, mux: Mux, stream: _Stream | None) -> None:
+        self.mux = mux
+        self.stream = stream
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # Told of every byte still buffered: that is what credits the peer.
+        transport.set_write_buffer_limits(high=0)
+        if self.stream is None:       # guest side: a new caller
+            self.stream = self.mux._open(self)
+            if self.stream is None:
+                transport.close()
+        else:                         # host side: the target answered
+            self.mux._connected(self.stream, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.mux._send_data(self.stream, data)
+
+    def eof_received(self) -> bool:
+        if self.stream is not None:
+            self.mux._local_eof(self.stream)
+        return True                   # keep the other direction open
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.mux._credit(self.stream)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.mux._local_lost(self.stream)
+
+
 class _Stream:
-    """One relayed connection: a local socket and its two directions."""
+    """One relayed connection: bookkeeping for both directions."""
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
-        self.writer: asyncio.StreamWriter | None = None
-        self.credit = WINDOW                    # bytes we may still send
-        self.credit_changed = asyncio.Event()
-        self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.inbound_bytes = 0                  # received, not yet delivered
+        self.local: _Local | None = None
+        self.credit = WINDOW           # bytes we may still send
+        self.pending = bytearray()     # read locally, waiting for credit
+        self.local_eof = False         # local EOF seen (EOF frame sent once pending is out)
+        self.sent_eof = False
+        self.received = 0              # DATA bytes received, not yet credited back
+        self.early: list[bytes | None] = []  # inbound before the target connected
         self.got_eof = False
-        self.tasks: list[asyncio.Task[None]] = []
+        self.connecting: asyncio.Task[None] | None = None
 
 
-class Mux:
-    """One session over a port; `initiator` is the guest end (it opens streams)."""
+class Mux(asyncio.Protocol):
+    """One session over a port; `initiator` is the guest end (it opens streams).
 
-    def __init__(self, port_reader: asyncio.StreamReader, port_writer: asyncio.StreamWriter,
-                 *, initiator: bool, connect: Connector | None = None) -> None:
+    The port is this protocol's transport (or `port_writer` when the port's
+    reading and writing ends are separate, as for a character device).
+    `done` completes when the port closes, with MuxProtocolError on a bad frame.
+    """
+
+    def __init__(self, *, initiator: bool, connect: Connector | None = None,
+                 port_writer: asyncio.WriteTransport | None = None) -> None:
         if initiator == (connect is not None):
             raise ValueError("the initiator opens streams; the other end needs `connect`")
-        self._reader = port_reader
-        self._writer = port_writer
         self._initiator = initiator
         self._connect = connect
+        self._port: asyncio.WriteTransport | None = port_writer
+        self._reader: asyncio.BaseTransport | None = None
+        self._buffer = bytearray()
         self._streams: dict[int, _Stream] = {}
-        self._last_id = 0          # highest id opened so far (by either rule)
-        self._send_lock = asyncio.Lock()
+        self._last_id = 0              # highest id opened so far
         self._closed = False
-        self._background: set[asyncio.Task[None]] = set()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
-        """Run a task that the session keeps a reference to until it ends."""
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+    # --- the port ----------------------------------------------------------
 
-    # --- sending -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._reader = transport
+        if self._port is None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            self._port = transport
 
-    async def _send(self, stream_id: int, kind: Kind, payload: bytes | memoryview = b"") -> None:
-        async with self._send_lock:
-            if self._closed:
-                raise ConnectionError("the mux session is closed")
-            self._writer.write(HEADER.pack(stream_id, kind, len(payload)) + bytes(payload))
-            await self._writer.drain()
-
-    # --- the session -------------------------------------------------------
-
-    async def run(self) -> None:
-        """Read frames until the port closes; raise MuxProtocolError on a bad frame."""
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._buffer += data
         try:
-            while True:
-                try:
-                    header = await self._reader.readexactly(HEADER.size)
-                except asyncio.IncompleteReadError as error:
-                    if error.partial:
-                        raise MuxProtocolError("the port closed inside a frame header") from None
-                    return
-                stream_id, kind, length = HEADER.unpack(header)
+            while len(self._buffer) >= HEADER.size:
+                stream_id, kind, length = HEADER.unpack_from(self._buffer)
                 if length > MAX_PAYLOAD:
                     raise MuxProtocolError(f"frame of {length} bytes > {MAX_PAYLOAD}")
-                try:
-                    payload = await self._reader.readexactly(length)
-                except asyncio.IncompleteReadError:
-                    raise MuxProtocolError("the port closed inside a frame") from None
+                end = HEADER.size + length
+                if len(self._buffer) < end:
+                    return
+                payload = bytes(self._buffer[HEADER.size:end])
+                del self._buffer[:end]
                 self._dispatch(stream_id, kind, payload)
-        finally:
-            self._closed = True
-            for stream in list(self._streams.values()):
-                self._finish(stream)
-            self._writer.close()
+        except MuxProtocolError as error:
+            self._shutdown(error)
+
+    def eof_received(self) -> bool:
+        self._shutdown(MuxProtocolError("the port closed inside a frame")
+                       if self._buffer else None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown(None)
+
+    def _shutdown(self, error: MuxProtocolError | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for stream in list(self._streams.values()):
+            self._finish(stream)
+        for transport in (self._reader, self._port):
+            if transport is not None:
+                transport.close()
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    def _write(self, stream_id: int, kind: Kind,
+               payload: bytes | bytearray | memoryview = b"") -> None:
+        if not self._closed and self._port is not None:
+            self._port.write(HEADER.pack(stream_id, kind, len(payload)) + bytes(payload))
+
+    # --- frames from the peer ----------------------------------------------
 
     def _dispatch(self, stream_id: int, kind: int, payload: bytes) -> None:
         if kind == Kind.OPEN:
@@ -154,15 +217,15 @@ class Mux:
         if kind == Kind.DATA:
             if stream.got_eof:
                 raise MuxProtocolError(f"DATA after EOF on stream {stream_id}")
-            if stream.inbound_bytes + len(payload) > WINDOW:
+            if stream.received + len(payload) > WINDOW:
                 raise MuxProtocolError(f"stream {stream_id} overran its window")
-            stream.inbound_bytes += len(payload)
-            stream.inbound.put_nowait(payload)
+            stream.received += len(payload)
+            self._deliver(stream, payload)
         elif kind == Kind.EOF:
             if stream.got_eof or payload:
                 raise MuxProtocolError(f"bad EOF on stream {stream_id}")
             stream.got_eof = True
-            stream.inbound.put_nowait(None)
+            self._deliver(stream, None)
         elif kind == Kind.CLOSE:
             self._finish(stream)
         elif kind == Kind.CREDIT:
@@ -172,7 +235,7 @@ class Mux:
             if stream.credit + count > WINDOW:
                 raise MuxProtocolError(f"stream {stream_id} credited beyond its window")
             stream.credit += count
-            stream.credit_changed.set()
+            self._flush(stream)
 
     def _on_open(self, stream_id: int, payload: bytes) -> None:
         if self._initiator:
@@ -181,121 +244,130 @@ class Mux:
             raise MuxProtocolError(f"bad OPEN of stream {stream_id}")
         self._last_id = stream_id
         if len(self._streams) >= MAX_STREAMS:
-            self._spawn_close(stream_id)
+            self._write(stream_id, Kind.CLOSE)
             return
         stream = _Stream(stream_id)
         self._streams[stream_id] = stream
-        stream.tasks.append(self._spawn(self._accept(stream)))
+        stream.connecting = asyncio.ensure_future(self._dial(stream))
 
-    def _spawn_close(self, stream_id: int) -> None:
-        async def send_close() -> None:
-            with contextlib.suppress(ConnectionError):
-                await self._send(stream_id, Kind.CLOSE)
-        self._spawn(send_close())
-
-    # --- streams -----------------------------------------------------------
-
-    async def _accept(self, stream: _Stream) -> None:
-        """Host side: connect the new stream to the target and relay."""
+    async def _dial(self, stream: _Stream) -> None:
+        """Host side: connect the new stream to the target."""
         assert self._connect is not None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await self._connect()
+                await self._connect(lambda: _Local(self, stream))
         except (OSError, TimeoutError):
             self._abort(stream)
-            return
-        self._attach(stream, reader, writer)
 
-    async def open_stream(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        """Guest side: carry one local connection as a new stream."""
+    # --- local connections -------------------------------------------------
+
+    def local_protocol(self) -> asyncio.Protocol:
+        """Guest side: the protocol for a new local caller, carried as a new stream."""
+        return _Local(self, None)
+
+    def _open(self, local: _Local) -> _Stream | None:
         if not self._initiator:
             raise RuntimeError("only the initiator opens streams")
         if self._closed or self._last_id == MAX_STREAM_ID:
-            writer.close()
-            return
+            return None
         self._last_id += 1
         stream = _Stream(self._last_id)
+        stream.local = local
         self._streams[stream.id] = stream
-        try:
-            await self._send(stream.id, Kind.OPEN)
-        except ConnectionError:
-            self._finish(stream)
-            writer.close()
-            return
-        self._attach(stream, reader, writer)
+        self._write(stream.id, Kind.OPEN)
+        return stream
 
-    def _attach(self, stream: _Stream, reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter) -> None:
+    def _connected(self, stream: _Stream, local: _Local) -> None:
         if stream.id not in self._streams:  # closed by the peer while connecting
-            writer.close()
+            assert local.transport is not None
+            local.transport.close()
             return
-        stream.writer = writer
-        outbound = self._spawn(self._pump_out(stream, reader))
-        inbound = self._spawn(self._pump_in(stream))
-        stream.tasks += [outbound, inbound]
-        self._spawn(self._supervise(stream, outbound, inbound))
+        stream.local = local
+        for item in stream.early:
+            self._deliver(stream, item)
+        stream.early.clear()
 
-    async def _supervise(self, stream: _Stream, *pumps: asyncio.Task[None]) -> None:
-        """End the stream when both directions are done, or abort it on an error."""
-        pending = set(pumps)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.cancelled():
-                    return  # _finish cancelled us
-                if task.exception() is not None:
-                    self._abort(stream)
-                    return
-        self._finish(stream)
+    def _deliver(self, stream: _Stream, item: bytes | None) -> None:
+        """Peer -> local socket. Crediting waits until the socket took the bytes."""
+        local = stream.local
+        if local is None or local.transport is None:
+            stream.early.append(item)
+            return
+        transport = local.transport
+        if item is None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._maybe_done(stream)
+            return
+        transport.write(item)
+        self._credit(stream)
 
-    async def _pump_out(self, stream: _Stream, reader: asyncio.StreamReader) -> None:
-        """Local socket -> port, within the peer's credit."""
-        while True:
-            data = await reader.read(MAX_PAYLOAD)
-            if not data:
-                await self._send(stream.id, Kind.EOF)
-                return
-            view = memoryview(data)
-            while view:
-                while stream.credit == 0:
-                    stream.credit_changed.clear()
-                    await stream.credit_changed.wait()
-                count = min(len(view), stream.credit)
-                stream.credit -= count
-                await self._send(stream.id, Kind.DATA, view[:count])
-                view = view[count:]
+    def _credit(self, stream: _Stream) -> None:
+        """Give back credit for what the local socket took, a quarter window at a time.
 
-    async def _pump_in(self, stream: _Stream) -> None:
-        """Port -> local socket, crediting the peer as bytes are delivered."""
-        writer = stream.writer
-        assert writer is not None
-        while True:
-            item = await stream.inbound.get()
-            if item is None:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                return
-            writer.write(item)
-            await writer.drain()
-            stream.inbound_bytes -= len(item)
-            await self._send(stream.id, Kind.CREDIT, CREDIT.pack(len(item)))
+        The peer still holds three quarters of its window meanwhile, and once it
+        runs dry everything it sent has arrived: when the socket has taken it all
+        (resume_writing), the credit goes back.
+        """
+        local = stream.local
+        if local is None or local.transport is None or stream.id not in self._streams:
+            return
+        delivered = stream.received - local.transport.get_write_buffer_size()
+        if delivered >= WINDOW // 4:
+            stream.received -= delivered
+            self._write(stream.id, Kind.CREDIT, CREDIT.pack(delivered))
+
+    def _send_data(self, stream: _Stream, data: bytes) -> None:
+        """Local socket -> peer, within credit; the rest waits with reading paused."""
+        stream.pending += data
+        self._flush(stream)
+
+    def _flush(self, stream: _Stream) -> None:
+        while stream.pending and stream.credit > 0:
+            count = min(len(stream.pending), stream.credit, MAX_PAYLOAD)
+            self._write(stream.id, Kind.DATA, stream.pending[:count])
+            del stream.pending[:count]
+            stream.credit -= count
+        local = stream.local
+        if local is None or local.transport is None:
+            return
+        if stream.pending:
+            local.transport.pause_reading()
+        elif stream.local_eof:
+            if not stream.sent_eof:
+                stream.sent_eof = True
+                self._write(stream.id, Kind.EOF)
+                self._maybe_done(stream)
+        elif not local.transport.is_reading() and stream.id in self._streams:
+            local.transport.resume_reading()
+
+    def _local_eof(self, stream: _Stream) -> None:
+        stream.local_eof = True
+        self._flush(stream)
+
+    def _maybe_done(self, stream: _Stream) -> None:
+        """Both directions ended: forget the stream and close its socket."""
+        if stream.sent_eof and stream.got_eof:
+            self._finish(stream)
+
+    def _local_lost(self, stream: _Stream) -> None:
+        if stream.id in self._streams:
+            self._abort(stream)
 
     def _abort(self, stream: _Stream) -> None:
-        if stream.id in self._streams and not self._closed:
-            self._spawn_close(stream.id)
+        if stream.id in self._streams:
+            self._write(stream.id, Kind.CLOSE)
         self._finish(stream)
 
     def _finish(self, stream: _Stream) -> None:
-        """Forget the stream, stop its tasks and close its local socket."""
+        """Forget the stream and close its local socket."""
         if self._streams.pop(stream.id, None) is None:
             return
-        current = asyncio.current_task()
-        for task in stream.tasks:
-            if task is not current:
-                task.cancel()
-        if stream.writer is not None:
-            stream.writer.close()
+        if stream.connecting is not None and not stream.connecting.done():
+            stream.connecting.cancel()
+        if stream.local is not None and stream.local.transport is not None:
+            stream.local.stream = None
+            stream.local.transport.close()
 
     @property
     def open_streams(self) -> int:
@@ -307,12 +379,14 @@ class Mux:
 
 async def run_host(port_socket: str, target: str) -> None:
     """Host end: serve the guest's streams arriving on QEMU's chardev socket."""
-    reader, writer = await asyncio.open_unix_connection(port_socket)
+    loop = asyncio.get_running_loop()
 
-    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_unix_connection(target)
+    async def connect(factory: Callable[[], asyncio.Protocol]) -> None:
+        await loop.create_unix_connection(factory, target)
 
-    await Mux(reader, writer, initiator=False, connect=connect).run()
+    mux = Mux(initiator=False, connect=connect)
+    await loop.create_unix_connection(lambda: mux, port_socket)
+    await mux.done
 
 
 def find_port(name: str) -> str:
@@ -324,16 +398,16 @@ def find_port(name: str) -> str:
     raise FileNotFoundError(f"no virtio-serial port named {name!r}")
 
 
-async def _open_port(device: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _attach_port(device: str) -> Mux:
+    """A guest-side session on the port's device node (separate read/write ends)."""
     loop = asyncio.get_running_loop()
     fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    read_file = os.fdopen(fd, "rb", buffering=0)
     write_file = os.fdopen(os.dup(fd), "wb", buffering=0)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_file)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, write_file)
-    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+    read_file = os.fdopen(fd, "rb", buffering=0)
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, write_file)
+    mux = Mux(initiator=True, port_writer=writer)
+    await loop.connect_read_pipe(lambda: mux, read_file)
+    return mux
 
 
 async def run_guest(device: str, listen: str) -> None:
@@ -342,30 +416,36 @@ async def run_guest(device: str, listen: str) -> None:
     A port reads EOF while no host end is connected: the session then ends,
     its streams are dropped, and the port is reopened shortly after.
     """
+    loop = asyncio.get_running_loop()
     current: list[Mux] = []
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def new_caller() -> asyncio.Protocol:
         if current:
-            await current[0].open_stream(reader, writer)
-        else:
-            writer.close()
+            return current[0].local_protocol()
+        return _Refuse()
 
     Path(listen).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(listen)
-    server = await asyncio.start_unix_server(on_connect, path=listen)
+    server = await loop.create_unix_server(new_caller, path=listen)
     os.chmod(listen, 0o666)  # as a qube's qrexec socket: every local user may call
     async with server:
         while True:
-            reader, writer = await _open_port(device)
-            mux = Mux(reader, writer, initiator=True)
+            mux = await _attach_port(device)
             current[:] = [mux]
             try:
-                await mux.run()
+                await mux.done
             except MuxProtocolError as error:
                 print(f"qsf-mux: {error}", file=sys.stderr)
             current.clear()
             await asyncio.sleep(0.5)
+
+
+class _Refuse(asyncio.Protocol):
+    """A caller while no session runs: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 parser = argparse.ArgumentParser(

@@ -37,26 +37,29 @@ class Pair:
         self.target = target
 
     async def __aenter__(self) -> Pair:
-        (guest_r, guest_w), (host_r, host_w) = await stream_pair()
+        loop = asyncio.get_running_loop()
+        guest_port, host_port = socket.socketpair()
 
-        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            return await asyncio.open_unix_connection(self.target)
+        async def connect(factory: Callable[[], asyncio.Protocol]) -> None:
+            await loop.create_unix_connection(factory, self.target)
 
-        self.guest = Mux(guest_r, guest_w, initiator=True)
-        self.host = Mux(host_r, host_w, initiator=False, connect=connect)
-        self.tasks = [asyncio.create_task(self.guest.run()), asyncio.create_task(self.host.run())]
+        self.guest = Mux(initiator=True)
+        self.host = Mux(initiator=False, connect=connect)
+        await loop.create_unix_connection(lambda: self.guest, sock=guest_port)
+        self.host_port, _ = await loop.create_unix_connection(lambda: self.host, sock=host_port)
         return self
 
     async def call(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A local connection carried by the guest end, as a program in the guest sees it."""
-        (mine_r, mine_w), (theirs_r, theirs_w) = await stream_pair()
-        await self.guest.open_stream(theirs_r, theirs_w)
-        return mine_r, mine_w
+        mine, theirs = socket.socketpair()
+        await asyncio.get_running_loop().connect_accepted_socket(self.guest.local_protocol,
+                                                                 theirs)
+        return await asyncio.open_unix_connection(sock=mine)
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.host_port.close()
+        async with asyncio.timeout(5):
+            await asyncio.gather(self.guest.done, self.host.done)
 
 
 async def serve(path: Path, handler: Handler) -> asyncio.Server:
@@ -144,7 +147,7 @@ def test_mux_port_loss_closes_every_stream(tmp_path: Path) -> None:
         async with server, Pair(str(tmp_path / "target")) as pair:
             calls = [await pair.call() for _ in range(3)]
             await eventually(lambda: pair.host.open_streams == 3)
-            pair.tasks[1].cancel()  # the host end goes away: the port closes
+            pair.host_port.close()  # the host end goes away: the port closes
             for reader, writer in calls:
                 async with asyncio.timeout(5):
                     assert await reader.read(-1) == b""
@@ -158,20 +161,22 @@ def test_mux_port_loss_closes_every_stream(tmp_path: Path) -> None:
 
 async def host_reading(data: bytes) -> tuple[BaseException | None, bytes]:
     """Feed raw bytes to a host end whose target never answers; return (error, reply)."""
-    (port_r, port_w), (guest_r, guest_w) = await stream_pair()
+    loop = asyncio.get_running_loop()
+    port, raw = socket.socketpair()
     never = asyncio.Event()
 
-    async def hang() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def hang(factory: Callable[[], asyncio.Protocol]) -> None:
         await never.wait()
-        raise AssertionError("unreachable")
 
-    host = Mux(port_r, port_w, initiator=False, connect=hang)
+    host = Mux(initiator=False, connect=hang)
+    await loop.create_unix_connection(lambda: host, sock=port)
+    guest_r, guest_w = await asyncio.open_unix_connection(sock=raw)
     guest_w.write(data)
     guest_w.write_eof()
     error: BaseException | None = None
     try:
         async with asyncio.timeout(10):
-            await host.run()
+            await host.done
     except mux.MuxProtocolError as caught:
         error = caught
     reply = await guest_r.read(-1)
