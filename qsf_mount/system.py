@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 ABORT_GRACE: Final = 3.0  # seconds qrexec-client-vm gets to end after each step of abort()
+# The server qube answers after asking dom0 (which it gives 60 s): no answer in
+# this time is no answer at all.
+REPLY_TIMEOUT: Final = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +38,7 @@ class Channel(Protocol):
     def send(self, data: bytes) -> None: ...
 
     def read_line(self, limit: int) -> bytes | None:
-        """One line without its newline; None at EOF or past `limit` bytes."""
+        """One line without its newline; None at EOF, past `limit` bytes or on timeout."""
         ...
 
     def wait(self) -> int:
@@ -116,8 +121,13 @@ class SocketChannel:
         self._to_service.sendall(data)
 
     def read_line(self, limit: int) -> bytes | None:
+        # select(), not a socket timeout: the fd's flags are shared with the backend.
+        deadline = time.monotonic() + REPLY_TIMEOUT
         line = bytearray()
         while len(line) < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._from_service], [], [], remaining)[0]:
+                return None
             byte = self._from_service.recv(1)  # never past the line: 9P follows it
             if not byte:
                 return None
@@ -127,7 +137,11 @@ class SocketChannel:
         return None
 
     def wait(self) -> int:
-        return _status(self._process.wait())
+        try:
+            return _status(self._process.wait(timeout=REPLY_TIMEOUT))
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return _status(self._process.wait())
 
     def detach(self) -> None:
         self._to_service.close()
