@@ -96,3 +96,11 @@ def test_tfsync_of_only_a_fid_means_datasync_0() -> None:
     decoder = Decoder(replies=False)
     decoder.receive_data(h("0b000000 32 0100 05000000"))
     assert decoder.next_message() == (1, m.Tfsync(5, 0))
+
+
+def test_overheads_that_servers_size_replies_with() -> None:
+    from qsf_p9.codec import DIRENT_OVERHEAD, RREAD_OVERHEAD
+
+    assert len(encode(1, m.Rread(b"d" * 1000))) == RREAD_OVERHEAD + 1000
+    entry = Dirent(Qid(0, 0, 0), 0, 0, b"name")
+    assert len(encode(1, m.Rreaddir((entry, entry)))) == RREAD_OVERHEAD + 2 * (DIRENT_OVERHEAD + 4)
