@@ -13,6 +13,8 @@ import asyncio
 import fcntl
 import json
 import os
+import select
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from qsf_sim.policy import Decision, Request
 ANSWERS = "answers"
 LOG = "log"
 MAX_ANSWER = 200
+TERMINAL_TIMEOUT = 300.0  # an unanswered prompt denies
 
 
 @dataclass(frozen=True)
@@ -79,20 +82,43 @@ class ScriptedPrompt:
 
 
 class TerminalPrompt:
-    """Asks on the daemon's controlling terminal."""
+    """Asks on the daemon's controlling terminal (or another terminal device)."""
+
+    def __init__(self, device: str = "/dev/tty", timeout: float = TERMINAL_TIMEOUT) -> None:
+        self.device = device
+        self.timeout = timeout
 
     def ask(self, request: Request, decision: Decision) -> Answer:
         try:
-            with open("/dev/tty", "r+", encoding="utf-8", errors="replace") as tty:
-                tty.write(question(request, decision))
-                tty.flush()
-                line = tty.readline(MAX_ANSWER)
+            fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:
-            return Answer(False)
+            return Answer(False)  # nobody to ask
         try:
-            return Answer.parse(line)
-        except ValueError:
+            data = question(request, decision).encode("utf-8", "backslashreplace")
+            while data:
+                data = data[os.write(fd, data):]
+            return Answer.parse(_read_line(fd, time.monotonic() + self.timeout))
+        except (OSError, ValueError):
             return Answer(False)
+        finally:
+            os.close(fd)
+
+
+def _read_line(fd: int, deadline: float) -> str:
+    """One typed line (at most MAX_ANSWER bytes); "" on timeout or end of file."""
+    kept = b""
+    while len(kept) <= MAX_ANSWER:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return ""
+        chunk = os.read(fd, 256)
+        if not chunk:
+            return ""
+        kept += chunk
+        for end in (b"\n", b"\r"):
+            if end in kept:
+                return kept.split(end, 1)[0].decode("utf-8", "replace")
+    return ""
 
 
 def push_answers(root: Path, answers: Sequence[str]) -> None:
