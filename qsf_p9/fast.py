@@ -189,14 +189,21 @@ def encode_tread(tag: int, msg: m.Tread) -> bytes:
     return _H_FID_OFFSET_COUNT.pack(23, c.TREAD, tag, msg.fid, msg.offset, msg.count)
 
 
+def _nbytes(data: m.Buffer) -> int:
+    """Length in bytes (a memoryview's len counts items, which may be wider)."""
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
 def encode_rread(tag: int, msg: m.Rread) -> bytes:
     data = msg.data
-    return _H_U32.pack(11 + len(data), c.TREAD + 1, tag, len(data)) + data
+    count = _nbytes(data)
+    return _H_U32.pack(11 + count, c.TREAD + 1, tag, count) + data
 
 
 def encode_twrite(tag: int, msg: m.Twrite) -> bytes:
     data = msg.data
-    head = _H_FID_OFFSET_COUNT.pack(23 + len(data), c.TWRITE, tag, msg.fid, msg.offset, len(data))
+    count = _nbytes(data)
+    head = _H_FID_OFFSET_COUNT.pack(23 + count, c.TWRITE, tag, msg.fid, msg.offset, count)
     return head + data
 
 
@@ -277,7 +284,7 @@ def _checked(encoder: Callable[[int, Any], bytes]) -> Callable[[int, Message], b
     def encode(tag: int, msg: Message) -> bytes:
         try:
             return encoder(tag, msg)
-        except (struct.error, TypeError, ValueError, OverflowError) as error:
+        except (struct.error, TypeError, ValueError, OverflowError, BufferError) as error:
             raise ValueError(f"cannot encode {type(msg).__name__}: {error}") from None
 
     encode.__name__ = encoder.__name__

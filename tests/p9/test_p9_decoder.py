@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import errno
 import gc
 import mmap
@@ -240,6 +241,19 @@ def test_messages_refuse_overlong_fields() -> None:
         m.Tlcreate(1, b"x" * 65536, 0, 0, 0)
     with pytest.raises(TypeError):
         m.Tmkdir(1, "name", 0, 0)  # type: ignore[arg-type]
+
+
+def test_payload_counts_bytes_not_items() -> None:
+    wide = memoryview(array.array("I", [1, 2, 3]))
+    for message in (m.Rread(wide), m.Twrite(1, 0, wide)):
+        frame = encode(2, message)
+        assert frame.endswith(wide.tobytes())
+        decoder = Decoder(replies=isinstance(message, m.Rread))
+        decoder.receive_data(frame)
+        _, got = decoder.next_message()  # type: ignore[misc]
+        assert bytes(got.data) == wide.tobytes()  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        encode(1, m.Rread(memoryview(b"abcdef")[::2]))  # not contiguous
 
 
 def test_encode_refuses_a_frame_above_4_gib() -> None:
