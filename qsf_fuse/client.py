@@ -361,7 +361,8 @@ class P9Client:
         async with self._slots:
             if self._failure is not None:
                 raise ConnectionLost(self._failure)
-            tag = self._allocate_tag()
+            # Tversion goes on NOTAG (it resets the session; nothing else is in flight).
+            tag = c.NOTAG if isinstance(request, m.Tversion) else self._allocate_tag()
             frame = encode(tag, request)
             if len(frame) > self.msize and not isinstance(request, m.Tversion):
                 raise P9Error(errno.EINVAL, f"{type(request).__name__} larger than msize")
