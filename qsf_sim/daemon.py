@@ -49,6 +49,7 @@ PEERCRED = struct.Struct("3i")
 TTY_FD_VARIABLE = "QSF_SIM_TTY_FD"  # read by qsf_sim.dom0_services
 MAX_SERVICE_NAME = 255  # bytes of SERVICE+ARG
 REQUEST_TIMEOUT = 30.0
+MAX_CALLS_PER_QUBE = 128
 KILL_GRACE = 3.0
 SERVICE_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-+")
 
@@ -115,6 +116,7 @@ class Daemon:
         prompter = TerminalPrompt() if config.prompt == "terminal" else ScriptedPrompt(root)
         self.prompts = PromptService(root, prompter)
         self.children: set[asyncio.subprocess.Process] = set()
+        self.active = {q.name: 0 for q in config.qubes}  # calls in progress per caller
         self.tty_fd: int | None = None  # the daemon's terminal, for qsf's dom0 dialog
         if config.qsf_prompt == "terminal":
             with contextlib.suppress(OSError):
@@ -183,6 +185,19 @@ class Daemon:
             writer.write(frame(Frame.FAIL, b"caller is not this qube's user"))
             await writer.drain()
             return
+        if self.active[qube.name] >= MAX_CALLS_PER_QUBE:
+            log.warning("%s: too many calls at once", qube.name)
+            writer.write(frame(Frame.FAIL, b"too many calls at once"))
+            await writer.drain()
+            return
+        self.active[qube.name] += 1
+        try:
+            await self._call(qube, reader, writer)
+        finally:
+            self.active[qube.name] -= 1
+
+    async def _call(self, qube: Qube, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         try:
             received = await asyncio.wait_for(read_frame_async(reader), REQUEST_TIMEOUT)
         except TimeoutError:
@@ -261,12 +276,15 @@ class Daemon:
         if call.argument is not None:
             env["QREXEC_SERVICE_ARGUMENT"] = call.argument
         if call.target.name == ADMIN:
-            if call.requested.startswith("@"):
+            # "dom0" stays a name; "", unknown names and keywords become keywords
+            requested = (ADMIN if call.requested == ADMIN
+                         else policy.intended_target(call.requested, self.system))
+            if requested.startswith("@"):
                 env["QREXEC_REQUESTED_TARGET_TYPE"] = "keyword"
-                env["QREXEC_REQUESTED_TARGET_KEYWORD"] = call.requested[1:]
+                env["QREXEC_REQUESTED_TARGET_KEYWORD"] = requested[1:]
             else:
                 env["QREXEC_REQUESTED_TARGET_TYPE"] = "name"
-                env["QREXEC_REQUESTED_TARGET"] = call.requested or ADMIN
+                env["QREXEC_REQUESTED_TARGET"] = requested
         else:
             env["QREXEC_REQUESTED_TARGET_TYPE"] = ""
         return env

@@ -238,6 +238,10 @@ def test_dom0_service_environment(sim: Sim) -> None:
     assert "QREXEC_REQUESTED_TARGET" not in by_keyword
     assert by_keyword["UID"] == str(lookup("dom0").uid) != "0"  # dom0 has its own user too
     assert by_keyword["QSF_DOM0_ROOT"] == str(sim.root / "qubes" / "dom0")
+    allow(sim, "test.Show * work @default allow target=dom0", name="20-default.policy")
+    by_default = show(sim, "work", "", "test.Show")
+    assert by_default["QREXEC_REQUESTED_TARGET_TYPE"] == "keyword"
+    assert by_default["QREXEC_REQUESTED_TARGET_KEYWORD"] == "default"
 
 
 def test_service_lookup_order(sim: Sim) -> None:
