@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from guest_rig import Guest, GuestError, Result
 from guest_services import ServiceHub
 
 GUEST_MUX_SOCKET = "/run/qsf-sim/qrexec.sock"
-RELAY = Path(__file__).with_name("guest_relay.py")
+MOUNT = Path(__file__).with_name("guest_mount.py")
 _counter = itertools.count()
 
 
@@ -37,7 +37,32 @@ class Rig:
     hub: ServiceHub
     workdir: Path
     label: str
-    relays: list[int] = field(default_factory=list)
+    mux_host: subprocess.Popen[bytes] | None = None
+
+    def connect_port(self, target: Path, uid: int = 0, gid: int = 0) -> None:
+        """(Re)start the mux's host end, as uid:gid, towards the Unix socket `target`.
+
+        The guest end sees the port close and reattaches within a second.
+        """
+        self.stop_mux_host()
+        os.chown(self.guest.qrexec_socket, uid, gid)
+        argv = [sys.executable, "-m", "qsf_sim.mux", "host", "--port-socket",
+                str(self.guest.qrexec_socket), "--target", str(target)]
+        with open(self.workdir / "mux-host.log", "ab") as log:
+            self.mux_host = subprocess.Popen(
+                support.as_user(argv, uid, gid) if uid else argv,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=support.REPO)
+
+    def stop_mux_host(self) -> None:
+        if self.mux_host is None:
+            return
+        self.mux_host.terminate()
+        try:
+            self.mux_host.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.mux_host.kill()
+            self.mux_host.wait()
+        self.mux_host = None
 
     def python(self, *args: str, uid: int | None = None, timeout: float = 120) -> Result:
         """Run the project's python in the guest (with the repo importable)."""
@@ -46,13 +71,10 @@ class Rig:
 
     def kernel_mount(self, service: str, mountpoint: str, *, options: str = "",
                      uid: int | None = support.QUBE_UID) -> Result:
-        """Mount host `service` at mountpoint in the guest via guest_relay (qsf_kmount)."""
-        result = self.python(str(RELAY), "--socket", GUEST_MUX_SOCKET, "--service", service,
+        """Mount host `service` at mountpoint in the guest via guest_mount (qsf_kmount)."""
+        return self.python(str(MOUNT), "--socket", GUEST_MUX_SOCKET, "--service", service,
                              "--source", f"qvm://host/{service}", "--mountpoint", mountpoint,
                              "-o", options, uid=uid)
-        if result.rc == 0:
-            self.relays.append(int(result.out.strip()))
-        return result
 
     def new_service(self, argv: list[str]) -> str:
         name = f"svc{next(_counter)}"
@@ -69,12 +91,9 @@ class Rig:
         return self.guest.run(["mountpoint", "-q", path]).rc == 0
 
     def cleanup_mounts(self) -> None:
-        """Unmount every test mount and end every relay (between tests)."""
+        """Unmount every test mount (between tests)."""
         self.guest.sh("for m in $(awk '$1 ~ /^qvm:/ {print $2}' /proc/mounts); do "
                       "umount \"$m\" 2>/dev/null || umount -l \"$m\"; done")
-        for pid in self.relays:
-            self.guest.run(["kill", "-9", str(pid)])
-        self.relays.clear()
 
 
 def _boot_failure(message: str) -> None:
@@ -97,17 +116,13 @@ def rig(request: pytest.FixtureRequest,
     workdir = tmp_path_factory.mktemp(f"guest-{spec.label}")
     guest = Guest(kernel, workdir)
     hub = ServiceHub(workdir / "hub.sock", workdir / "services.log")
-    mux_host: subprocess.Popen[bytes] | None = None
+    rig = Rig(guest, hub, workdir, spec.label)
     try:
         try:
             guest.start()
         except GuestError as error:
             _boot_failure(str(error))
-        with open(workdir / "mux-host.log", "wb") as log:
-            mux_host = subprocess.Popen(
-                [sys.executable, "-m", "qsf_sim.mux", "host", "--port-socket",
-                 str(guest.qrexec_socket), "--target", str(hub.path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=support.REPO)
+        rig.connect_port(hub.path)
         guest_mux = shlex.join([sys.executable, "-m", "qsf_sim.mux", "guest",
                                 "--port-name", "qsf.qrexec", "--listen", GUEST_MUX_SOCKET])
         guest.sh(f"cd {shlex.quote(str(support.REPO))} && setsid {guest_mux} "
@@ -118,21 +133,16 @@ def rig(request: pytest.FixtureRequest,
                 log = guest.run(["cat", "/tmp/mux-guest.log"]).out
                 pytest.fail(f"the guest's mux end did not start: {log}")
             time.sleep(0.2)
-        yield Rig(guest, hub, workdir, spec.label)
+        yield rig
     finally:
         guest.stop()
         hub.close()
-        if mux_host is not None:
-            try:
-                mux_host.wait(timeout=10)  # ends when QEMU closes the port
-            except subprocess.TimeoutExpired:
-                mux_host.kill()
-                mux_host.wait()
+        rig.stop_mux_host()
 
 
 @pytest.fixture
 def clean_rig(rig: Rig) -> Iterator[Rig]:
-    """The session's guest, with this test's mounts and relays removed afterwards."""
+    """The session's guest, with this test's mounts removed afterwards."""
     yield rig
     rig.cleanup_mounts()
 

@@ -1,6 +1,6 @@
 """The rig proven with an independent server: Linux v9fs in the guest, diod on the host.
 
-guest kernel -> socketpair -> guest_relay -> mux guest end -> virtio-serial port
+guest kernel -> Unix socket -> mux guest end -> virtio-serial port
 -> mux host end -> hub -> diod --rfdno 0 --wfdno 1 on the connection.
 """
 

@@ -193,10 +193,8 @@ def test_guest_thousand_entry_directories(share: Share) -> None:
     host_dir.mkdir()
     for i in range(1000):
         (host_dir / f"h{i}").touch()
-    out = share.sh("ls from-host | wc -l && ls -l many | grep -c file-", timeout=300).check().out
+    out = share.sh("ls from-host | wc -l && ls many | grep -c file-", timeout=300).check().out
     assert out.split() == ["1000", "1000"]
-    share.sh("rm -r many", timeout=300).check()
-    assert not (share.export / "many").exists()
 
 
 def test_guest_mmap_read_and_shared_write(share: Share) -> None:
