@@ -41,9 +41,9 @@ def _filesystem_registered(name: str) -> bool:
     return any(line.split()[-1:] == [name] for line in lines)
 
 
-def v9fs_problem() -> str | None:
-    """Why v9fs over trans=fd is missing from this kernel, or None."""
-    release = os.uname().release
+def v9fs_problem(release: str | None = None) -> str | None:
+    """Why v9fs over trans=fd is missing from this kernel (or `release`), or None."""
+    release = release or os.uname().release
     if not (_filesystem_registered("9p") or _has_module(release, "9p")):
         return f"the kernel ({release}) has no 9p file system"
     if _kernel_version(release) >= FD_SPLIT:
