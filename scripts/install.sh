@@ -37,6 +37,7 @@ APT_PACKAGES=(
     xz-utils
     kmod
     util-linux
+    sudo
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
