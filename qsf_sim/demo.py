@@ -1,0 +1,475 @@
+"""The demo: share a folder of one simulated qube with another, for real, step by step.
+
+    python -m qsf_sim.demo [--unattended] [--keep]        (as root; also `qsf-sim demo`)
+
+It builds a simulated dom0, a server qube "work" and a client qube "personal" in a
+fresh directory under /tmp (qsf_sim: each qube its own Unix user, directory and
+qrexec socket; the project's qubes-rpc services and policy files installed as the
+packages install them), puts a sample folder in work's home, and runs the real
+`qvm-mount-folder work FOLDER MOUNTPOINT` as personal's user, with the FUSE backend.
+dom0's question (Once / Always / Deny / Block) is asked on this terminal when stdin
+is one; unattended (no terminal, or --unattended) the simulated dom0 answers
+"once" itself. Then it shows the mounted files, writes one from the client, shows
+`qvm-mount-folder --list`, and disconnects with `fusermount -u` (--keep: leaves
+the share up and prints the commands to look around and to clean up).
+
+Exit status: 0 when every step worked, 3 when dom0 refused the folder, 1 for any
+other failure, 130 when interrupted. Whatever happens (failure, Ctrl-C, SIGTERM),
+it unmounts, stops every process of the simulation, removes its directory and the
+Unix users it created (unless --keep succeeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from qsf_sim.layout import ADMIN, unix_user
+from qsf_sim.runas import remove_user
+from qsf_sim.sim import Sim, SimError
+from qsf_sim.tree import FOLDER_ANSWER
+
+SERVER = "work"
+CLIENT = "personal"
+QUBES = (ADMIN, SERVER, CLIENT)
+FOLDER_NAME = "Shared"
+MOUNT_NAME = "mnt"
+WRITTEN_NAME = "from-personal.txt"
+WRITTEN_TEXT = "written in qube personal\n"
+NOT_UTF8_NAME = b"caf\xe9-latin1.txt"  # "café" in Latin-1: not valid UTF-8
+COMMAND_TIMEOUT = 60.0
+MOUNT_TIMEOUT = 330.0  # longer than dom0's terminal prompt (it denies after 300 s)
+EXIT_OK, EXIT_FAILED, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 3, 130
+QVM_EXIT_DENIED = 3
+
+parser = argparse.ArgumentParser(
+    prog="python -m qsf_sim.demo",
+    description="Share a folder of a simulated qube with another one through the real "
+                "qrexec services, dom0 decision and FUSE client (run as root).")
+parser.add_argument("--unattended", action="store_true",
+                    help="never ask: the simulated dom0 answers by itself (the default "
+                         "when stdin is not a terminal)")
+parser.add_argument("--answer", default="once rw", metavar="'once|always|deny|never|block [ro|rw]'",
+                    help="dom0's answer when unattended (default: %(default)s)")
+parser.add_argument("--keep", action="store_true",
+                    help="leave the share mounted and the simulation running; print the "
+                         "commands to look around and to clean up")
+parser.add_argument("--workdir", type=Path, default=Path("/tmp"),
+                    help="where the simulation's directory is made (default: %(default)s; "
+                         "every qube's user must be able to reach it)")
+
+
+class DemoFailed(Exception):
+    """A step failed; the message says which and why."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP: stop and clean up as for Ctrl-C."""
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def shown(data: bytes) -> str:
+    """Output of a command, indented, undecodable bytes escaped."""
+    text = data.decode("utf-8", "backslashreplace").rstrip("\n")
+    return textwrap.indent(text, "     | ", lambda line: True) if text else "     | (nothing)"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(word) for word in argv)
+
+
+def terminal_available() -> bool:
+    """True when dom0's question can be asked: stdin is a terminal and /dev/tty opens."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
+def existing_users() -> set[str]:
+    return {name for name in QUBES if _user_exists(unix_user(name))}
+
+
+def _user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root`, deepest last (from /proc/self/mounts)."""
+    found = []
+    prefix = str(root) + "/"
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split(" ")
+            if len(fields) < 2:
+                continue
+            # /proc/mounts escapes space, tab, newline and backslash as octal.
+            point = fields[1].encode("latin-1", "surrogateescape").decode("unicode_escape")
+            if point == str(root) or point.startswith(prefix):
+                found.append(point)
+    return found
+
+
+def processes_of(root: Path) -> list[int]:
+    """Processes started inside the simulation: `root` in their command line or environment
+    (every program run in a simulated qube has the qube's bin directory on its PATH)."""
+    marker = os.fsencode(root)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            data = Path(f"/proc/{entry}/cmdline").read_bytes()
+            data += Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue  # gone already
+        if marker in data:
+            found.append(int(entry))
+    return found
+
+
+def wait_for(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():  # type: ignore[operator]
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, interactive: bool) -> None:
+        self.args = args
+        self.interactive = interactive
+        self.base = Path(tempfile.mkdtemp(prefix="qsf-demo-", dir=args.workdir)).absolute()
+        self.base.chmod(0o755)  # every qube's user walks through it
+        self.users_before = existing_users()
+        self.sim = Sim(self.base / "sim", [SERVER, CLIENT],
+                       qsf_prompt="terminal" if interactive else "scripted")
+        self.folder = self.sim.home(SERVER) / FOLDER_NAME
+        self.mountpoint = self.sim.home(CLIENT) / MOUNT_NAME
+        self.mounted = False
+
+    # --- the steps --------------------------------------------------------------------
+
+    def run(self) -> None:
+        say(f"qsf demo: qube {CLIENT!r} mounts a folder of qube {SERVER!r}, through a "
+            "simulated Qubes machine on this computer.\n")
+        self.build()
+        self.sample_folder()
+        self.mount()
+        self.show_files()
+        self.write_from_client()
+        self.list_shares()
+        if self.args.keep:
+            self.print_keep_instructions()
+        else:
+            self.disconnect()
+
+    def build(self) -> None:
+        say(f"1. Building the simulated machine in {self.sim.root}:")
+        say(f"   dom0, the server qube {SERVER!r} and the client qube {CLIENT!r}. Each qube has")
+        say("   its own Unix user (qsfsim-NAME), its own directory ROOT/qubes/NAME (its home")
+        say("   is ROOT/qubes/NAME/home/user) and its own qrexec socket. The project's qrexec")
+        say("   services (qubes-rpc/) and policy files (policy/) are installed in them as the")
+        say("   packages install them, and a simulated qrexec daemon plays dom0's part.")
+        self.ensure_fuse_usable()
+        try:
+            self.sim.start()
+        except (SimError, OSError) as error:
+            raise DemoFailed(f"the simulation did not start: {error}") from None
+        assert self.sim.daemon is not None
+        say(f"   qrexec daemon running (pid {self.sim.daemon.pid}).\n")
+
+    def ensure_fuse_usable(self) -> None:
+        """/dev/fuse 0666, as udev makes it on Qubes qubes and most distributions."""
+        try:
+            mode = os.stat("/dev/fuse").st_mode
+        except OSError:
+            raise DemoFailed("/dev/fuse is missing: load the fuse module (modprobe fuse)") from None
+        if not stat.S_ISCHR(mode):
+            raise DemoFailed("/dev/fuse is not a character device")
+        if stat.S_IMODE(mode) & 0o666 != 0o666:
+            os.chmod("/dev/fuse", 0o666)
+            say("   /dev/fuse made usable by every user (mode 0666), as udev does on Qubes qubes.")
+
+    def sample_folder(self) -> None:
+        say(f"2. A sample folder in qube {SERVER}'s home: {self.folder}")
+        steps = [["mkdir", "-p", str(self.folder / "photos")],
+                 ["sh", "-c", 'printf "%s\\n" "Hello from qube work." '
+                  '"This file lives in work; personal reads it over qrexec." > "$1"',
+                  "sh", str(self.folder / "notes.txt")],
+                 ["sh", "-c", 'printf "not really a picture\\n" > "$1"', "sh",
+                  str(self.folder / "photos" / "holiday.jpg")],
+                 ["ln", "-s", "notes.txt", str(self.folder / "link-to-notes")],
+                 ["sh", "-c", 'printf "a file whose name is not UTF-8\\n" > "$1"', "sh",
+                  os.fsdecode(os.fsencode(self.folder) + b"/" + NOT_UTF8_NAME)]]
+        for argv in steps:
+            self.in_qube(SERVER, argv)
+        # In Qubes the files of both qubes belong to the same user (uid 1000). Here each
+        # qube has its own Unix user, so the folder is opened to every user to let the
+        # client write into it (the FUSE mount checks permissions as the kernel would).
+        self.in_qube(SERVER, ["chmod", "0777", str(self.folder)])
+        say("   notes.txt, photos/holiday.jpg, a symlink link-to-notes -> notes.txt and a file")
+        say("   named caf\\xe9-latin1.txt (a name that is not valid UTF-8). The folder is made")
+        say("   writable for every user: in Qubes both qubes' user is uid 1000, here the qubes")
+        say("   have different Unix users.\n")
+
+    def mount(self) -> None:
+        self.in_qube(CLIENT, ["mkdir", "-p", str(self.mountpoint)])
+        argv = ["qvm-mount-folder", SERVER, str(self.folder), str(self.mountpoint)]
+        say(f"3. In qube {CLIENT}, its user runs:")
+        say(f"     {command_line(argv)}")
+        say("   qvm-mount-folder calls qsf.AuthorizeFolderAccess in dom0 through qrexec, and dom0")
+        say("   asks the user whether personal may use that folder of work:")
+        if self.interactive:
+            say("   (answer below: o = once, a = always, d = deny, n = never, b = block;")
+            say("   then whether writing is allowed)")
+        else:
+            self.sim.answer_folder(self.args.answer)
+            say(f"   (unattended: the simulated dom0 answers {self.args.answer!r} by itself)")
+        result = self.in_qube(CLIENT, argv, timeout=MOUNT_TIMEOUT, check=False)
+        self.mounted = str(self.mountpoint) in mounts_under(self.sim.root)
+        if result.returncode == QVM_EXIT_DENIED:
+            raise DemoFailed("dom0 refused the folder: "
+                             + result.stderr.decode("utf-8", "backslashreplace").strip()
+                             + "\n   (that is what a refusal looks like; nothing was mounted)",
+                             EXIT_DENIED)
+        if result.returncode != 0 or not self.mounted:
+            raise DemoFailed(f"qvm-mount-folder failed (exit {result.returncode}): "
+                             + result.stderr.decode("utf-8", "backslashreplace").strip()
+                             + self.logs())
+        say("   dom0 allowed it and wrote a qrexec policy line for this grant only; the")
+        say("   client then called qsf.ConnectToFolder in work, which checked the grant with")
+        say("   dom0 (qsf.QueryFolderAuthorization) and started qsf-server on the folder;")
+        say("   qsf-fuse in personal mounted its end of the channel.")
+        say("   Mounted: qvm-mount-folder exited 0.\n")
+
+    def show_files(self) -> None:
+        say(f"4. The folder as qube {CLIENT} sees it:")
+        self.show(CLIENT, ["ls", "-l", "--escape", str(self.mountpoint)])
+        self.show(CLIENT, ["ls", "-l", "--escape", str(self.mountpoint / "photos")])
+        self.show(CLIENT, ["cat", str(self.mountpoint / "notes.txt")])
+        self.show(CLIENT, ["cat", str(self.mountpoint / "link-to-notes")])
+        say("   (owners show the Unix user of qube work: the server sends uids unchanged)\n")
+
+    def write_from_client(self) -> None:
+        target = self.mountpoint / WRITTEN_NAME
+        say(f"5. Qube {CLIENT} writes a file into the mounted folder:")
+        argv = ["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", WRITTEN_TEXT, str(target)]
+        say(f"     $ {command_line(['sh', '-c', f'echo {WRITTEN_TEXT.strip()!r} > {target}'])}")
+        result = self.in_qube(CLIENT, argv, check=False)
+        if result.returncode != 0:
+            message = result.stderr.decode("utf-8", "backslashreplace").strip()
+            if "Read-only file system" not in message:
+                raise DemoFailed(f"writing {target} failed: {message}")
+            say(f"   refused: {message}")
+            say("   (the grant is read-only: qsf-server in work refuses every write)\n")
+            return
+        say(f"   and the file is now in qube {SERVER}'s folder:")
+        self.show(SERVER, ["ls", "-l", "--escape", str(self.folder)])
+        self.show(SERVER, ["cat", str(self.folder / WRITTEN_NAME)])
+        if (self.folder / WRITTEN_NAME).read_text(errors="replace") != WRITTEN_TEXT:
+            raise DemoFailed(f"{self.folder / WRITTEN_NAME} does not hold what personal wrote")
+        say("")
+
+    def list_shares(self) -> None:
+        say(f"6. The shares mounted in qube {CLIENT}:")
+        self.show(CLIENT, ["qvm-mount-folder", "--list"])
+        say("")
+
+    def disconnect(self) -> None:
+        argv = ["fusermount", "-u", str(self.mountpoint)]
+        say("7. To disconnect, the user of the client qube unmounts the folder:")
+        say(f"     {command_line(argv)}")
+        say("   which ends qsf-fuse and qrexec-client-vm in personal and qsf-server in work.")
+        self.in_qube(CLIENT, argv)
+        self.mounted = False
+        if not wait_for(lambda: str(self.mountpoint) not in mounts_under(self.sim.root), 10):
+            raise DemoFailed(f"{self.mountpoint} is still mounted after fusermount -u")
+        daemon_pid = self.sim.daemon.pid if self.sim.daemon else None
+        if not wait_for(lambda: not [p for p in processes_of(self.sim.root)
+                                     if p != daemon_pid], 15):
+            raise DemoFailed("processes of the share still run after the unmount: "
+                             + ", ".join(map(str, processes_of(self.sim.root))))
+        say("   Done: unmounted, and the share's processes have exited.\n")
+
+    def print_keep_instructions(self) -> None:
+        assert self.sim.daemon is not None
+        sim_command = self.sim_command()
+        run = [*sim_command, "run", "--root", str(self.sim.root)]
+        mountpoint = str(self.mountpoint)
+        created = [unix_user(n) for n in QUBES if n not in self.users_before]
+        say("7. --keep: the share stays mounted. FUSE lets only personal's user in, so look")
+        say("   around as that user (inside qube personal):")
+        say(f"     {command_line([*run, CLIENT, '--', 'ls', '-la', mountpoint])}")
+        say(f"     {command_line([*run, CLIENT, '--', 'qvm-mount-folder', '--list'])}")
+        say("   To disconnect, then stop the simulation and remove it, run:")
+        say(f"     {command_line([*run, CLIENT, '--', 'fusermount', '-u', mountpoint])}")
+        say(f"     kill {self.sim.daemon.pid}")
+        if created:
+            say(f"     {command_line(['userdel', *created[:1]])}"
+                + "".join(f"; userdel {shlex.quote(u)}" for u in created[1:]))
+        say(f"     {command_line(['rm', '-rf', str(self.base)])}")
+        say("   (qsf-fuse, qrexec-client-vm and qsf-server exit when the folder is unmounted;")
+        say("   the kill stops the simulated qrexec daemon.)\n")
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def sim_command(self) -> list[str]:
+        script = Path(sys.executable).parent / "qsf-sim"
+        return [str(script)] if script.exists() else [sys.executable, "-m", "qsf_sim.cli"]
+
+    def in_qube(self, qube: str, argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT,
+                check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        try:
+            result = self.sim.run(qube, argv, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except subprocess.TimeoutExpired:
+            raise DemoFailed(f"in qube {qube}, {command_line(argv)} did not finish within "
+                             f"{timeout:.0f} s") from None
+        if check and result.returncode != 0:
+            raise DemoFailed(f"in qube {qube}, {command_line(argv)} failed "
+                             f"(exit {result.returncode}): "
+                             + result.stderr.decode("utf-8", "backslashreplace").strip())
+        return result
+
+    def show(self, qube: str, argv: Sequence[str]) -> None:
+        say(f"     {qube}$ {command_line(argv)}")
+        say(shown(self.in_qube(qube, argv).stdout))
+
+    def logs(self) -> str:
+        parts = []
+        for qube in (ADMIN, SERVER):
+            text = self.sim.service_log(qube).strip()
+            if text:
+                parts.append(f"\n   {qube}'s service log ({self.sim.root}/log/{qube}.log):\n"
+                             + textwrap.indent(text[-1500:], "     | "))
+        return "".join(parts)
+
+    # --- cleaning up --------------------------------------------------------------------
+
+    def clean_up(self) -> list[str]:
+        """Unmount, stop every process of the simulation, remove its files and new users.
+        Returns what could not be cleaned (empty when all is gone)."""
+        problems = []
+        for point in reversed(mounts_under(self.base)):
+            unmounted = subprocess.run(["fusermount", "-u", point], capture_output=True,
+                                       check=False).returncode == 0
+            if not unmounted:
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        if mounts_under(self.base):
+            problems.append("still mounted: " + ", ".join(mounts_under(self.base)))
+        self.sim.stop()
+        self.stop_processes()
+        if processes_of(self.sim.root):
+            problems.append("processes still running: "
+                            + ", ".join(map(str, processes_of(self.sim.root))))
+        if not problems:
+            shutil.rmtree(self.base, ignore_errors=True)
+            for name in QUBES:
+                if name not in self.users_before:
+                    remove_user(name)
+        return problems
+
+    def stop_processes(self) -> None:
+        """Whatever the daemon did not end (a share's qsf-fuse, qrexec-client-vm): SIGTERM,
+        then SIGKILL. They are found by the simulation's unique directory."""
+        for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            pids = processes_of(self.sim.root)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+            wait_for(lambda: not processes_of(self.sim.root), grace)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def problems_before_start() -> str | None:
+    if os.geteuid() != 0:
+        return ("run the demo as root: it creates a Unix user for every simulated qube "
+                "(and the qubes then run as those users)")
+    for program in ("setpriv", "useradd", "userdel", "fusermount"):
+        if shutil.which(program) is None and shutil.which(program, path="/usr/sbin:/sbin") is None:
+            return f"{program} is missing (run scripts/install.sh)"
+    if shutil.which("qvm-mount-folder", path=str(Path(sys.executable).parent)) is None:
+        return (f"qvm-mount-folder is not installed next to {sys.executable} "
+                "(run scripts/install.sh, then this demo with the virtualenv's python)")
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    if not FOLDER_ANSWER.match(args.answer):
+        parser.error(f"--answer: not an answer: {args.answer!r}")
+    problem = problems_before_start()
+    if problem:
+        print(f"qsf demo: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    interactive = not args.unattended and terminal_available()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupted)
+    demo = Demo(args, interactive)
+    status = EXIT_FAILED
+    try:
+        demo.run()
+        status = EXIT_OK
+    except DemoFailed as error:
+        print(f"\nqsf demo failed: {error}", file=sys.stderr, flush=True)
+        status = error.status
+    except (KeyboardInterrupt, Interrupted):
+        print("\nqsf demo: interrupted.", file=sys.stderr, flush=True)
+        status = EXIT_INTERRUPTED
+    finally:
+        if not (status == EXIT_OK and args.keep):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)  # clean up whatever comes
+            say("Cleaning up: unmounting, stopping the simulation, removing its files...")
+            problems = demo.clean_up()
+            for line in problems:
+                print(f"qsf demo: could not clean up: {line}", file=sys.stderr)
+            if problems:
+                status = status or EXIT_FAILED
+            else:
+                say("Clean: nothing of the demo is left.")
+    if status == EXIT_OK:
+        say("\nThe demo worked. In Qubes the same commands run in real qubes: "
+            "qvm-mount-folder SERVER FOLDER MOUNTPOINT, then fusermount -u MOUNTPOINT.")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
