@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from qsf_sim import daemon, prompt, tree
+from qsf_sim import daemon, demo, prompt, tree
 from qsf_sim.layout import LayoutError, Qube, SimConfig, qube_socket
 from qsf_sim.runas import remove_user
 from qsf_sim.sim import Sim
@@ -28,6 +28,7 @@ the target's user. A qube calls services with its own bin/qrexec-client-vm.
   qsf-sim run    --root ROOT work -- qrexec-client-vm server some.Service
   qsf-sim answer --root ROOT "allow server"                scripted answer to an `ask`
   qsf-sim answer-folder --root ROOT "once ro"              scripted answer to qsf's dialog
+  qsf-sim demo [--unattended] [--keep]                     the demo (python -m qsf_sim.demo)
 """
 
 parser = argparse.ArgumentParser(prog="qsf-sim", description=DESCRIPTION,
@@ -76,6 +77,10 @@ socket_parser = commands.add_parser("socket", help="print the socket path of a q
 socket_parser.add_argument("--root", type=Path, required=True)
 socket_parser.add_argument("qube")
 
+commands.add_parser("demo", add_help=False,
+                    help="share a sample folder from work to personal, step by step "
+                         "(qsf-sim demo --help)")
+
 remove_parser = commands.add_parser("remove-users", help="delete the Unix users of ROOT's qubes")
 remove_parser.add_argument("--root", type=Path, required=True)
 
@@ -105,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["demo"]:  # its options are the demo's own (argparse would take them)
+        return demo.main(words[1:])
+    args = parser.parse_args(words)
     try:
         if args.command == "setup":
             return _setup(args)

@@ -53,6 +53,7 @@ WRITTEN_TEXT = "written in qube personal\n"
 NOT_UTF8_NAME = b"caf\xe9-latin1.txt"  # "café" in Latin-1: not valid UTF-8
 COMMAND_TIMEOUT = 60.0
 MOUNT_TIMEOUT = 330.0  # longer than dom0's terminal prompt (it denies after 300 s)
+ACCESS = {"ro": "read-only", "rw": "read-write"}
 EXIT_OK, EXIT_FAILED, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 3, 130
 QVM_EXIT_DENIED = 3
 
@@ -268,6 +269,11 @@ class Demo:
             raise DemoFailed(f"qvm-mount-folder failed (exit {result.returncode}): "
                              + result.stderr.decode("utf-8", "backslashreplace").strip()
                              + self.logs())
+        if not self.interactive:
+            for asked in self.sim.folder_prompts():
+                say(f"   dom0 was asked: may {asked['client']} have {ACCESS.get(asked['mode'])} "
+                    f"access to that folder of {asked['server']}?")
+                say(f"   answer: {asked['answer']}, {ACCESS.get(asked['answer_mode'])}")
         say("   dom0 allowed it and wrote a qrexec policy line for this grant only; the")
         say("   client then called qsf.ConnectToFolder in work, which checked the grant with")
         say("   dom0 (qsf.QueryFolderAuthorization) and started qsf-server on the folder;")
@@ -286,7 +292,7 @@ class Demo:
         target = self.mountpoint / WRITTEN_NAME
         say(f"5. Qube {CLIENT} writes a file into the mounted folder:")
         argv = ["sh", "-c", 'printf "%s" "$1" > "$2"', "sh", WRITTEN_TEXT, str(target)]
-        say(f"     $ {command_line(['sh', '-c', f'echo {WRITTEN_TEXT.strip()!r} > {target}'])}")
+        say(f"     {CLIENT}$ echo {shlex.quote(WRITTEN_TEXT.strip())} > {shlex.quote(str(target))}")
         result = self.in_qube(CLIENT, argv, check=False)
         if result.returncode != 0:
             message = result.stderr.decode("utf-8", "backslashreplace").strip()
