@@ -271,9 +271,10 @@ class Demo:
                              + self.logs())
         if not self.interactive:
             for asked in self.sim.folder_prompts():
-                say(f"   dom0 was asked: may {asked['client']} have {ACCESS.get(asked['mode'])} "
-                    f"access to that folder of {asked['server']}?")
-                say(f"   answer: {asked['answer']}, {ACCESS.get(asked['answer_mode'])}")
+                wanted, given = (ACCESS.get(str(asked[key])) for key in ("mode", "answer_mode"))
+                say(f"   dom0 was asked: may {asked['client']} have {wanted} access to that "
+                    f"folder of {asked['server']}?")
+                say(f"   answer: {asked['answer']}, {given}")
         say("   dom0 allowed it and wrote a qrexec policy line for this grant only; the")
         say("   client then called qsf.ConnectToFolder in work, which checked the grant with")
         say("   dom0 (qsf.QueryFolderAuthorization) and started qsf-server on the folder;")
