@@ -11,7 +11,8 @@ Over the run: no descriptor leaks, bounded memory, canaries outside the
 export never read, touched or sent.
 
 The default run is short and fixed-seed; the long one is marked slow:
-  QSF_FUZZ_SESSIONS=50000 /opt/qsf-venv/bin/pytest -m slow tests/server/test_server_fuzz.py
+  make fuzz, or: QSF_FUZZ_SESSIONS=20000 QSF_FUZZ_SEED=1 \
+      /opt/qsf-venv/bin/pytest -m slow tests/server/test_server_fuzz.py
 """
 
 from __future__ import annotations
@@ -262,6 +263,10 @@ def test_fuzz_sessions_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_fuzz_sessions_long(tmp_path: Path) -> None:
-    sessions = int(os.environ.get("QSF_FUZZ_SESSIONS", "50000"))
+@pytest.mark.timeout(3600)
+def test_fuzz_sessions_long(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    selected = str(request.config.getoption("markexpr", ""))
+    if "slow" not in selected or "not slow" in selected:
+        pytest.skip("the long fuzz run: select it with -m slow (make fuzz)")
+    sessions = int(os.environ.get("QSF_FUZZ_SESSIONS", "20000"))
     fuzz(tmp_path, sessions=sessions, seed=int(os.environ.get("QSF_FUZZ_SEED", "1")))
