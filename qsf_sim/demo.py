@@ -51,7 +51,10 @@ MOUNT_NAME = "mnt"
 WRITTEN_NAME = "from-personal.txt"
 WRITTEN_TEXT = "written in qube personal\n"
 NOT_UTF8_NAME = b"caf\xe9-latin1.txt"  # "café" in Latin-1: not valid UTF-8
+BASE_PREFIX = "qsf-demo-"
+CREATED_USERS = "created-users"  # in the demo's directory: qube names, one a line
 COMMAND_TIMEOUT = 60.0
+STOP_GRACE = 5.0
 MOUNT_TIMEOUT = 330.0  # longer than dom0's terminal prompt (it denies after 300 s)
 ACCESS = {"ro": "read-only", "rw": "read-write"}
 EXIT_OK, EXIT_FAILED, EXIT_DENIED, EXIT_INTERRUPTED = 0, 1, 3, 130
@@ -69,6 +72,8 @@ parser.add_argument("--answer", default="once rw", metavar="'once|always|deny|ne
 parser.add_argument("--keep", action="store_true",
                     help="leave the share mounted and the simulation running; print the "
                          "commands to look around and to clean up")
+parser.add_argument("--clean-up", type=Path, metavar="DIR",
+                    help="remove what a run with --keep left in DIR (as it printed)")
 parser.add_argument("--workdir", type=Path, default=Path("/tmp"),
                     help="where the simulation's directory is made (default: %(default)s; "
                          "every qube's user must be able to reach it)")
@@ -171,7 +176,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace, interactive: bool) -> None:
         self.args = args
         self.interactive = interactive
-        self.base = Path(tempfile.mkdtemp(prefix="qsf-demo-", dir=args.workdir)).absolute()
+        self.base = Path(tempfile.mkdtemp(prefix=BASE_PREFIX, dir=args.workdir)).absolute()
         self.base.chmod(0o755)  # every qube's user walks through it
         self.users_before = existing_users()
         self.sim = Sim(self.base / "sim", [SERVER, CLIENT],
@@ -208,6 +213,7 @@ class Demo:
             self.sim.start()
         except (SimError, OSError) as error:
             raise DemoFailed(f"the simulation did not start: {error}") from None
+        self.record_created_users()
         assert self.sim.daemon is not None
         say(f"   qrexec daemon running (pid {self.sim.daemon.pid}).\n")
 
@@ -331,30 +337,27 @@ class Demo:
         say("   Done: unmounted, and the share's processes have exited.\n")
 
     def print_keep_instructions(self) -> None:
-        assert self.sim.daemon is not None
-        sim_command = self.sim_command()
-        run = [*sim_command, "run", "--root", str(self.sim.root)]
+        run = [*self.sim_command(), "run", "--root", str(self.sim.root), CLIENT, "--"]
         mountpoint = str(self.mountpoint)
-        created = [unix_user(n) for n in QUBES if n not in self.users_before]
         say("7. --keep: the share stays mounted. FUSE lets only personal's user in, so look")
         say("   around as that user (inside qube personal):")
-        say(f"     {command_line([*run, CLIENT, '--', 'ls', '-la', mountpoint])}")
-        say(f"     {command_line([*run, CLIENT, '--', 'qvm-mount-folder', '--list'])}")
-        say("   To disconnect, then stop the simulation and remove it, run:")
-        say(f"     {command_line([*run, CLIENT, '--', 'fusermount', '-u', mountpoint])}")
-        say(f"     kill {self.sim.daemon.pid}")
-        if created:
-            say(f"     {command_line(['userdel', *created[:1]])}"
-                + "".join(f"; userdel {shlex.quote(u)}" for u in created[1:]))
-        say(f"     {command_line(['rm', '-rf', str(self.base)])}")
-        say("   (qsf-fuse, qrexec-client-vm and qsf-server exit when the folder is unmounted;")
-        say("   the kill stops the simulated qrexec daemon.)\n")
+        say(f"     {command_line([*run, 'ls', '-la', mountpoint])}")
+        say(f"     {command_line([*run, 'qvm-mount-folder', '--list'])}")
+        say("   To disconnect (as the client qube's user), then stop the simulation and remove")
+        say("   it (its qrexec daemon, files and the Unix users the demo created), run:")
+        say(f"     {command_line([*run, 'fusermount', '-u', mountpoint])}")
+        say(f"     {command_line([*self.demo_command(), '--clean-up', str(self.base)])}")
+        say("   (unmounting ends qsf-fuse, qrexec-client-vm and qsf-server; --clean-up also")
+        say("   unmounts whatever is still mounted.)\n")
 
     # --- helpers ----------------------------------------------------------------------
 
     def sim_command(self) -> list[str]:
         script = Path(sys.executable).parent / "qsf-sim"
         return [str(script)] if script.exists() else [sys.executable, "-m", "qsf_sim.cli"]
+
+    def demo_command(self) -> list[str]:
+        return [sys.executable, "-m", "qsf_sim.demo"]
 
     def in_qube(self, qube: str, argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT,
                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -385,40 +388,69 @@ class Demo:
 
     # --- cleaning up --------------------------------------------------------------------
 
-    def clean_up(self) -> list[str]:
-        """Unmount, stop every process of the simulation, remove its files and new users.
-        Returns what could not be cleaned (empty when all is gone)."""
-        problems = []
-        for point in reversed(mounts_under(self.base)):
-            unmounted = subprocess.run(["fusermount", "-u", point], capture_output=True,
-                                       check=False).returncode == 0
-            if not unmounted:
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        if mounts_under(self.base):
-            problems.append("still mounted: " + ", ".join(mounts_under(self.base)))
-        self.sim.stop()
-        self.stop_processes()
-        if processes_of(self.sim.root):
-            problems.append("processes still running: "
-                            + ", ".join(map(str, processes_of(self.sim.root))))
-        if not problems:
-            shutil.rmtree(self.base, ignore_errors=True)
-            for name in QUBES:
-                if name not in self.users_before:
-                    remove_user(name)
-        return problems
+    def record_created_users(self) -> None:
+        """For --clean-up in a later run: the qubes whose Unix users this demo made."""
+        created = [name for name in QUBES if name not in self.users_before]
+        (self.base / CREATED_USERS).write_text("".join(f"{name}\n" for name in created))
 
-    def stop_processes(self) -> None:
-        """Whatever the daemon did not end (a share's qsf-fuse, qrexec-client-vm): SIGTERM,
-        then SIGKILL. They are found by the simulation's unique directory."""
-        for signum, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            pids = processes_of(self.sim.root)
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
-            wait_for(lambda: not processes_of(self.sim.root), grace)
+    def clean_up(self) -> list[str]:
+        self.sim.stop()
+        return clean_up(self.base, [n for n in QUBES if n not in self.users_before])
+
+
+def clean_up(base: Path, created_users: Sequence[str]) -> list[str]:
+    """Unmount, stop every process of the simulation under `base`, then remove `base` and
+    the Unix users of `created_users` (qube names). Returns what could not be cleaned."""
+    problems = []
+    for point in reversed(mounts_under(base)):
+        unmounted = subprocess.run(["fusermount", "-u", point], capture_output=True,
+                                   check=False).returncode == 0
+        if not unmounted:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if mounts_under(base):
+        problems.append("still mounted: " + ", ".join(mounts_under(base)))
+    stop_processes(base)
+    if processes_of(base):
+        problems.append("processes still running: " + ", ".join(map(str, processes_of(base))))
+    if not problems:
+        shutil.rmtree(base, ignore_errors=True)
+        for name in created_users:
+            remove_user(name)
+    return problems
+
+
+def stop_processes(base: Path) -> None:
+    """Every process of the simulation (its daemon, a share's qsf-fuse and
+    qrexec-client-vm...): SIGTERM, then SIGKILL, each followed by a grace period."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        pids = processes_of(base)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        wait_for(lambda: not processes_of(base), STOP_GRACE)
+
+
+def clean_up_kept(base: Path) -> int:
+    """--clean-up BASE: remove what a run with --keep left."""
+    if os.geteuid() != 0:
+        print("qsf demo: --clean-up needs root (it removes Unix users)", file=sys.stderr)
+        return EXIT_FAILED
+    base = base.absolute()
+    if not (base.name.startswith(BASE_PREFIX) and (base / "sim" / "sim.json").is_file()
+            and (base / CREATED_USERS).is_file()):
+        print(f"qsf demo: {base} is not the directory of a demo run with --keep",
+              file=sys.stderr)
+        return EXIT_FAILED
+    created = (base / CREATED_USERS).read_text().split()
+    problems = clean_up(base, [name for name in created if name in QUBES])
+    for line in problems:
+        print(f"qsf demo: could not clean up: {line}", file=sys.stderr)
+    if problems:
+        return EXIT_FAILED
+    say(f"Removed {base}, stopped its processes and removed the users the demo created.")
+    return EXIT_OK
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -442,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not FOLDER_ANSWER.match(args.answer):
         parser.error(f"--answer: not an answer: {args.answer!r}")
+    if args.clean_up is not None:
+        return clean_up_kept(args.clean_up)
     problem = problems_before_start()
     if problem:
         print(f"qsf demo: {problem}", file=sys.stderr)
