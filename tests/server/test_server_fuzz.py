@@ -191,20 +191,28 @@ async def run_session(export: Export, data: bytes, rng: random.Random) -> bytes:
 
 
 def check_replies(replies: bytes, tags: set[int]) -> None:
+    """Every reply decodes, answers a sent tag, and is smaller than the msize in force."""
     decoder = Decoder(replies=True)
     if replies:
         decoder.receive_data(replies)
     decoder.receive_data(b"")
     msize = c.MAX_MSIZE
+    pos = 0
     while True:
         item = decoder.next_message()
         if item is EOF:
+            assert pos == len(replies)
             return
         assert item is not NEED_DATA
         tag, reply = item
+        (size,) = struct.unpack_from("<I", replies, pos)
+        pos += size
         assert tag in tags, f"reply {reply!r} to tag {tag}, which was never sent"
         if isinstance(reply, m.Rversion):
-            msize = min(msize, max(reply.msize, c.MIN_MSIZE))
+            if reply.version == c.VERSION_9P2000L:
+                msize = reply.msize
+        else:
+            assert size < msize, f"{reply!r}: {size} bytes, msize {msize}"
 
 
 def fresh_export(base: Path) -> Path:
