@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
 import trio
-from server_p9client import ROOT, ConnectionClosed, served, subprocess_server
+from server_p9client import ROOT, ConnectionClosed, served, server_command, subprocess_server
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
@@ -236,3 +237,18 @@ async def test_command_exits_zero_at_eof(tmp_path: Path) -> None:
     assert process.returncode == 0
 
 
+
+
+async def test_command_msize_option(tmp_path: Path) -> None:
+    async with subprocess_server(make_export(tmp_path), "--msize", "8192") as (client, process):
+        assert client.msize == 8192
+        fid = await client.open(b"file")
+        assert len((await client.ok(m.Tread(fid, 0, 1 << 20))).data) == 8192 - 12
+    assert process.returncode == 0
+    for bad in ("100", str((1 << 20) + 1), "x"):
+        done = subprocess.run(server_command(tmp_path, "--msize", bad), capture_output=True,
+                              stdin=subprocess.DEVNULL, check=False)
+        assert done.returncode == 2 and b"msize" in done.stderr
+    done = subprocess.run(server_command(tmp_path / "missing"), capture_output=True,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 1 and b"cannot serve" in done.stderr
