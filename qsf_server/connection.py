@@ -27,7 +27,7 @@ from qsf_p9.errors import FramingError, MessageError
 from qsf_p9.messages import Message
 
 from .fs import Export
-from .session import DEFAULT_MAX_FIDS, Session
+from .session import DEFAULT_MAX_BUFFERED, DEFAULT_MAX_FIDS, Session
 
 log = logging.getLogger("qsf_server")
 
@@ -58,7 +58,8 @@ class Connection:
     def __init__(self, receive: trio.abc.ReceiveStream, send: trio.abc.SendStream,
                  export: Export, *, read_only: bool = False, msize: int = c.MAX_MSIZE,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_bulk: int = DEFAULT_MAX_BULK,
-                 max_fids: int = DEFAULT_MAX_FIDS) -> None:
+                 max_fids: int = DEFAULT_MAX_FIDS,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
         if not c.MIN_MSIZE <= msize <= c.MAX_MSIZE:
             raise ValueError(f"msize must be within {c.MIN_MSIZE}..{c.MAX_MSIZE}")
         self._receive = receive
@@ -67,6 +68,7 @@ class Connection:
         self.read_only = read_only
         self.max_msize = msize
         self.max_fids = max_fids
+        self.max_buffered = max_buffered
         self.session: Session | None = None
         self._decoder = Decoder(replies=False, msize=msize)
         self._in_flight: dict[int, _InFlight] = {}
@@ -188,7 +190,7 @@ class Connection:
         if request.version != c.VERSION_9P2000L or msize < c.MIN_MSIZE:
             return m.Rversion(msize, b"unknown")
         self.session = Session(self.export, msize=msize, read_only=self.read_only,
-                               max_fids=self.max_fids)
+                               max_fids=self.max_fids, max_buffered=self.max_buffered)
         self._decoder.msize = msize
         return m.Rversion(msize, c.VERSION_9P2000L)
 

@@ -45,6 +45,7 @@ class Fid:
     dir_snapshot: list[Dirent] | None = None
     xattr_data: bytes | None = None  # the value or name list a Txattrwalk fetched
     xattr_write: XattrWrite | None = None
+    memory: int = 0  # bytes of buffered data charged to the table's memory budget
     users: int = 0
     detached: bool = False
     closed: bool = field(default=False)
@@ -66,10 +67,13 @@ class Fid:
 
 
 class FidTable:
-    """Fid number -> Fid, bounded by `limit` entries."""
+    """Fid number -> Fid, bounded by `limit` entries and `memory_limit` bytes of
+    buffered data (directory listings, extended attribute values)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, memory_limit: int = 256 << 20) -> None:
         self.limit = limit
+        self.memory_limit = memory_limit
+        self.memory = 0
         self._fids: dict[int, Fid] = {}
 
     def __len__(self) -> int:
@@ -104,7 +108,11 @@ class FidTable:
         if len(self._fids) >= self.limit:
             fid.close()
             raise OSError(errno.EMFILE, f"more than {self.limit} fids")
+        if self.memory + fid.memory > self.memory_limit:
+            fid.close()
+            raise OSError(errno.ENOMEM, "fids buffer too much data")
         self._fids[number] = fid
+        self.memory += fid.memory
 
     def replace(self, number: int, fid: Fid) -> None:
         """Put `fid` under `number` in place of the fid there, which is detached."""
@@ -112,7 +120,11 @@ class FidTable:
         if old is None:
             fid.close()
             raise OSError(errno.EBADF, f"unknown fid {number}")
+        if self.memory - old.memory + fid.memory > self.memory_limit:
+            fid.close()
+            raise OSError(errno.ENOMEM, "fids buffer too much data")
         self._fids[number] = fid
+        self.memory += fid.memory
         self._detach(old)
 
     def remove(self, number: int) -> Fid:
@@ -123,6 +135,15 @@ class FidTable:
         self._detach(fid)
         return fid
 
+    def charge(self, fid: Fid, memory: int) -> None:
+        """Account `memory` bytes now buffered by `fid` (replacing its previous charge)."""
+        if fid.detached:
+            return  # its memory goes with the request that still holds it
+        if self.memory - fid.memory + memory > self.memory_limit:
+            raise OSError(errno.ENOMEM, "fids buffer too much data")
+        self.memory += memory - fid.memory
+        fid.memory = memory
+
     def clear(self) -> None:
         """Detach every fid (Tversion, end of connection)."""
         fids = list(self._fids.values())
@@ -130,8 +151,9 @@ class FidTable:
         for fid in fids:
             self._detach(fid)
 
-    @staticmethod
-    def _detach(fid: Fid) -> None:
+    def _detach(self, fid: Fid) -> None:
+        if not fid.detached:
+            self.memory -= fid.memory
         fid.detached = True
         if fid.users == 0:
             fid.close()

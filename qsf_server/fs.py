@@ -27,6 +27,9 @@ O_PATH_FLAGS: Final = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX: Final = 255
 XATTR_SIZE_MAX: Final = 64 * 1024  # Linux's bound on one value and on a name list
 XATTR_NAME_MAX: Final = 255
+# Deepest place a walk may reach: beyond PATH_MAX / 2 no path could name it, and
+# the chain of places a fid keeps stays bounded.
+MAX_DEPTH: Final = 2048
 # Namespaces a client may set or remove: user data and POSIX ACLs. security.*
 # (file capabilities, SELinux labels) and trusted.* stay out of reach even
 # when the server runs as root.
@@ -64,6 +67,12 @@ class Place:
     name: bytes
     dev: int
     ino: int
+    depth: int = 0
+
+    def child(self, name: bytes, st: os.stat_result) -> Place:
+        if self.depth >= MAX_DEPTH:
+            raise error(errno.ENAMETOOLONG, "too deep below the export root")
+        return Place(self, name, st.st_dev, st.st_ino, self.depth + 1)
 
 
 def check_name(name: bytes) -> None:
@@ -119,7 +128,7 @@ class Export:
         os.close(self.root_fd)
 
     def attach(self) -> tuple[int, os.stat_result, Place]:
-        fd = os.open(proc_path(self.root_fd), os.O_PATH | os.O_CLOEXEC)
+        fd = os.dup(self.root_fd)
         return fd, os.fstat(fd), self.root_place
 
     # -- walking ---------------------------------------------------------
@@ -135,10 +144,11 @@ class Export:
         new_fd = sysfs.open_beneath(fd, name, O_PATH_FLAGS)
         try:
             new_st = os.fstat(new_fd)
+            new_place = place.child(name, new_st)
         except BaseException:
             os.close(new_fd)
             raise
-        return new_fd, new_st, Place(place, name, new_st.st_dev, new_st.st_ino)
+        return new_fd, new_st, new_place
 
     def _walk_up(self, fd: int, place: Place) -> tuple[int, os.stat_result, Place]:
         parent = place.parent
@@ -168,7 +178,7 @@ class Export:
         while step is not None and step.parent is not None:
             chain.append(step)
             step = step.parent
-        fd = os.open(proc_path(self.root_fd), os.O_PATH | os.O_CLOEXEC)
+        fd = os.dup(self.root_fd)
         try:
             for step in reversed(chain):
                 new_fd = sysfs.open_beneath(fd, step.name, O_PATH_FLAGS | os.O_DIRECTORY)

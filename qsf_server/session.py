@@ -33,11 +33,13 @@ log = logging.getLogger("qsf_server")
 
 V9FS_MAGIC: Final = 0x01021997
 DEFAULT_MAX_FIDS: Final = 65536
+DEFAULT_MAX_BUFFERED: Final = 256 << 20  # directory listings and xattr values held by fids
 _LOCK_TYPES: Final = {c.LOCK_TYPE_RDLCK: fcntl.F_RDLCK, c.LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
                       c.LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
 _WIRE_LOCK_TYPES: Final = {host: wire for wire, host in _LOCK_TYPES.items()}
 _MAX_OFFSET: Final = (1 << 63) - 1
 _SETATTR_KNOWN: Final = 0x1FF
+_DIRENT_MEMORY: Final = 200  # about what one listed entry costs in memory, besides its name
 
 T = TypeVar("T")
 Handler = Callable[[Any], Awaitable[Message]]
@@ -52,11 +54,12 @@ class Session:
     """The state of one 9P session: fids and the negotiated msize."""
 
     def __init__(self, export: fs.Export, *, msize: int, read_only: bool = False,
-                 max_fids: int = DEFAULT_MAX_FIDS) -> None:
+                 max_fids: int = DEFAULT_MAX_FIDS,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
         self.export = export
         self.msize = msize
         self.read_only = read_only
-        self.fids = FidTable(max_fids)
+        self.fids = FidTable(max_fids, max_buffered)
         self.qids = QidMapper(export.root_place.dev)
         self._handlers: dict[type[Message], Handler] = {
             m.Tauth: self.auth, m.Tattach: self.attach, m.Twalk: self.walk,
@@ -121,7 +124,7 @@ class Session:
         return fid.open_fd
 
     def _child(self, dir_place: fs.Place, name: bytes, st: os.stat_result) -> fs.Place:
-        return fs.Place(dir_place, name, st.st_dev, st.st_ino)
+        return dir_place.child(name, st)
 
     # -- session -----------------------------------------------------------
 
@@ -281,7 +284,9 @@ class Session:
                 raise fs.error(errno.ENOTDIR)
             if request.offset == 0 or fid.dir_snapshot is None:
                 listing = await self._in_thread(self.export.list_directory, open_fd)
-                fid.dir_snapshot = self._snapshot(open_fd, place, listing)
+                snapshot = self._snapshot(open_fd, place, listing)
+                self.fids.charge(fid, sum(_DIRENT_MEMORY + len(e.name) for e in snapshot))
+                fid.dir_snapshot = snapshot
             snapshot = fid.dir_snapshot
             budget = max(0, min(request.count, self.msize - RREAD_OVERHEAD - 1))
             entries: list[Dirent] = []
@@ -454,7 +459,7 @@ class Session:
                 data = self.export.xattr_get(fd, st, request.name)
             else:
                 data = self.export.xattr_list(fd, st)
-            new = Fid(None, None, None, xattr_data=data)
+            new = Fid(None, None, None, xattr_data=data, memory=len(data))
             if request.newfid == request.fid:
                 self.fids.replace(request.fid, new)
             else:
@@ -472,7 +477,8 @@ class Session:
             fs.check_xattr_name(request.name)
             fs.check_xattr_writable(request.name)
             pending = XattrWrite(request.name, bytearray(request.attr_size), request.flags)
-            self.fids.replace(request.fid, Fid(os.dup(fd), st, place, xattr_write=pending))
+            self.fids.replace(request.fid, Fid(os.dup(fd), st, place, xattr_write=pending,
+                                               memory=request.attr_size))
             return m.Rxattrcreate()
 
     def _commit_xattr(self, fid: Fid, pending: XattrWrite) -> None:
