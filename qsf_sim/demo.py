@@ -41,7 +41,7 @@ from types import FrameType
 from qsf_sim.layout import ADMIN, unix_user
 from qsf_sim.runas import remove_user
 from qsf_sim.sim import Sim, SimError
-from qsf_sim.tree import FOLDER_ANSWER
+from qsf_sim.tree import FOLDER_ANSWER, REPO
 
 SERVER = "work"
 CLIENT = "personal"
@@ -144,20 +144,22 @@ def mounts_under(root: Path) -> list[str]:
     return found
 
 
-def processes_of(root: Path) -> list[int]:
-    """Processes started inside the simulation: `root` in their command line or environment
-    (every program run in a simulated qube has the qube's bin directory on its PATH)."""
-    marker = os.fsencode(root)
+def processes_of(base: Path) -> list[int]:
+    """The processes of the simulation under `base`: its qrexec daemon, and everything run
+    in a simulated qube (their PATH starts with the qube's bin directory, under `base`).
+    Nothing else matches, not even a shell whose working directory is under `base`."""
+    path_marker = b"\0PATH=" + os.fsencode(base) + b"/"
+    daemon_marker = b"\0qsf_sim.cli\0daemon\0--root\0" + os.fsencode(base) + b"/"
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            data = Path(f"/proc/{entry}/cmdline").read_bytes()
-            data += Path(f"/proc/{entry}/environ").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = b"\0" + Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue  # gone already
-        if marker in data:
+        if path_marker in environ or daemon_marker in cmdline:
             found.append(int(entry))
     return found
 
@@ -464,6 +466,11 @@ def problems_before_start() -> str | None:
     for program in ("setpriv", "useradd", "userdel", "fusermount"):
         if shutil.which(program) is None and shutil.which(program, path="/usr/sbin:/sbin") is None:
             return f"{program} is missing (run scripts/install.sh)"
+    for directory, needed in [(REPO, 0o005), *((parent, 0o001) for parent in REPO.parents)]:
+        if directory.stat().st_mode & needed != needed:
+            return (f"{directory} is not readable by other users, and the simulated qubes "
+                    f"(each its own user) run the project from {REPO}: use a checkout "
+                    "outside /root, or chmod o+rx that directory")
     if shutil.which("qvm-mount-folder", path=str(Path(sys.executable).parent)) is None:
         return (f"qvm-mount-folder is not installed next to {sys.executable} "
                 "(run scripts/install.sh, then this demo with the virtualenv's python)")

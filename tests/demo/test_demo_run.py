@@ -194,10 +194,19 @@ def test_keep_leaves_the_share_up_and_its_printed_commands_clean_up(workdir: Pat
     listed = subprocess.run(["bash", "-c", listing], capture_output=True, text=True,
                             timeout=30, check=False)
     assert f" {mountpoint} fuse.qsf" in listed.stdout, listed.stderr
-    for command in (unmount, clean_up):  # pasted at once, as a user may do
-        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert done.returncode == 0, (command, done.stderr)
+    base = clean_up.split()[-1]
+    # A process of the user's that merely names the directory or works in it survives.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", base], cwd=base,
+                                 env={**os.environ, "PWD": base})
+    try:
+        for command in (unmount, clean_up):  # pasted at once, as a user may do
+            done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                  timeout=60, check=False)
+            assert done.returncode == 0, (command, done.stderr)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
     assert leftovers_of(workdir, users) == []
 
 
