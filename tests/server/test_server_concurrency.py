@@ -6,38 +6,14 @@ import errno
 import os
 import struct
 import subprocess
-import threading
 from pathlib import Path
 
 import trio
+from server_gate import GatedExport, wait_until
 from server_p9client import ROOT, ConnectionClosed, served, server_command, subprocess_server
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
-from qsf_server.fs import Export
-
-
-class GatedExport(Export):
-    """Reads and fsyncs wait (in their worker thread) until `gate` is set."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.gate = threading.Event()
-        self.waiting = 0
-        self._lock = threading.Lock()
-
-    def _wait(self) -> None:
-        with self._lock:
-            self.waiting += 1
-        assert self.gate.wait(30), "test never opened the gate"
-
-    def read(self, open_fd: int, count: int, offset: int) -> bytes:
-        self._wait()
-        return super().read(open_fd, count, offset)
-
-    def sync(self, open_fd: int, data_only: bool) -> None:
-        self._wait()
-        super().sync(open_fd, data_only)
 
 
 def make_export(base: Path) -> Path:
@@ -45,12 +21,6 @@ def make_export(base: Path) -> Path:
     export.mkdir()
     (export / "file").write_bytes(b"0123456789" * 1000)
     return export
-
-
-async def wait_until(predicate: object, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await trio.sleep(0.005)
 
 
 async def test_slow_read_and_fsync_do_not_hold_up_getattr(tmp_path: Path) -> None:

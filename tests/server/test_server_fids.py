@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 import trio
+from server_gate import GatedExport, wait_until
 from server_p9client import ROOT, served
-from test_server_concurrency import GatedExport, make_export, wait_until
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
 from qsf_server.fids import Fid, FidTable
+
+
+def make_export(base: Path) -> Path:
+    export = base / "export"
+    export.mkdir()
+    (export / "file").write_bytes(b"0123456789" * 1000)
+    return export
 
 
 def path_fid(tmp_path: Path) -> Fid:
