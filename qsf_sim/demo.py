@@ -11,7 +11,8 @@ dom0's question (Once / Always / Deny / Block) is asked on this terminal when st
 is one; unattended (no terminal, or --unattended) the simulated dom0 answers
 "once" itself. Then it shows the mounted files, writes one from the client, shows
 `qvm-mount-folder --list`, and disconnects with `fusermount -u` (--keep: leaves
-the share up and prints the commands to look around and to clean up).
+the share up and prints the commands to look around and to clean up, the last
+one being `python -m qsf_sim.demo --clean-up DIR`).
 
 Exit status: 0 when every step worked, 3 when dom0 refused the folder, 1 for any
 other failure, 130 when interrupted. Whatever happens (failure, Ctrl-C, SIGTERM),
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from qsf_sim.layout import ADMIN, unix_user
+from qsf_sim.layout import ADMIN, LayoutError, unix_user
 from qsf_sim.runas import remove_user
 from qsf_sim.sim import Sim, SimError
 from qsf_sim.tree import FOLDER_ANSWER, REPO
@@ -213,7 +214,7 @@ class Demo:
         self.ensure_fuse_usable()
         try:
             self.sim.start()
-        except (SimError, OSError) as error:
+        except (SimError, LayoutError, OSError) as error:
             raise DemoFailed(f"the simulation did not start: {error}") from None
         self.record_created_users()
         assert self.sim.daemon is not None
@@ -359,7 +360,8 @@ class Demo:
         return [str(script)] if script.exists() else [sys.executable, "-m", "qsf_sim.cli"]
 
     def demo_command(self) -> list[str]:
-        return [sys.executable, "-m", "qsf_sim.demo"]
+        script = Path(sys.executable).parent / "qsf-sim"
+        return [str(script), "demo"] if script.exists() else [sys.executable, "-m", "qsf_sim.demo"]
 
     def in_qube(self, qube: str, argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT,
                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -490,7 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     interactive = not args.unattended and terminal_available()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupted)
-    demo = Demo(args, interactive)
+    try:
+        demo = Demo(args, interactive)
+    except OSError as error:
+        print(f"qsf demo: cannot make a directory in {args.workdir}: {error}", file=sys.stderr)
+        return EXIT_FAILED
     status = EXIT_FAILED
     try:
         demo.run()

@@ -196,8 +196,8 @@ def test_keep_leaves_the_share_up_and_its_printed_commands_clean_up(workdir: Pat
     assert f" {mountpoint} fuse.qsf" in listed.stdout, listed.stderr
     base = clean_up.split()[-1]
     # A process of the user's that merely names the directory or works in it survives.
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", base], cwd=base,
-                                 env={**os.environ, "PWD": base})
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", base],
+                                 cwd=base, env={**os.environ, "PWD": base})
     try:
         for command in (unmount, clean_up):  # pasted at once, as a user may do
             done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
@@ -294,3 +294,15 @@ def test_ctrl_c_at_dom0_prompt_stops_and_cleans_up(workdir: Path) -> None:
     assert "qsf demo: interrupted." in output
     assert "Clean: nothing of the demo is left." in output
     assert leftovers_of(workdir, users) == []
+
+
+def test_clean_up_refuses_a_directory_that_is_not_a_kept_demo(workdir: Path) -> None:
+    bystander = workdir / "qsf-demo-look-alike"
+    (bystander / "sim").mkdir(parents=True)
+    (bystander / "keep.txt").write_text("mine\n")
+    result = subprocess.run([*DEMO, "--clean-up", str(bystander)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "is not the directory of a demo run with --keep" in result.stderr
+    assert (bystander / "keep.txt").read_text() == "mine\n"
+    shutil.rmtree(bystander)
