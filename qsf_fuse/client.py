@@ -43,6 +43,7 @@ XATTR_SIZE_MAX: Final = 65536
 TARGET_MAX: Final = 4095
 _RECEIVE_CHUNK: Final = 256 * 1024
 _SEND_QUEUE: Final = 64
+_BATCH_BYTES: Final = 256 * 1024
 
 ReplyT = TypeVar("ReplyT", bound=m.Message)
 
@@ -268,7 +269,19 @@ class P9Client:
         try:
             async with self._outbox_receive:
                 async for frame in self._outbox_receive:
-                    await self._send_stream.send_all(frame)
+                    # Frames queued meanwhile go in the same write: one wake-up of the
+                    # server for many requests.
+                    batch = [frame]
+                    size = len(frame)
+                    while size < _BATCH_BYTES:
+                        try:
+                            frame = self._outbox_receive.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        batch.append(frame)
+                        size += len(frame)
+                    await self._send_stream.send_all(batch[0] if len(batch) == 1
+                                                     else b"".join(batch))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             self.fail(f"cannot send: {error or type(error).__name__}")
 

@@ -104,6 +104,11 @@ class OpenDir:
     cookie: int = 0  # the 9P offset to continue from
     eof: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # Entries resolved but not yet taken by the kernel, by position; each holds
+    # one lookup (None: the name vanished).
+    ready: dict[int, tuple[bytes, pyfuse3.EntryAttributes] | None] = field(
+        default_factory=dict
+    )
 
 
 class Operations(pyfuse3.Operations):
@@ -606,6 +611,7 @@ class Operations(pyfuse3.Operations):
         async with directory.lock:
             if start_id == 0 and (directory.entries or directory.eof):
                 # Rewind: list afresh.
+                self._drop_ready(directory)
                 directory.entries.clear()
                 directory.cookie = 0
                 directory.eof = False
@@ -616,18 +622,28 @@ class Operations(pyfuse3.Operations):
                 batch = directory.entries[position : position + READDIR_BATCH]
                 if not batch:
                     return
-                resolved = await self._resolve(directory.node, batch)
-                for index, item in enumerate(resolved):
+                todo = [index for index in range(len(batch))
+                        if position + index not in directory.ready]
+                resolved = await self._resolve(directory.node, [batch[i] for i in todo])
+                for index, item in zip(todo, resolved, strict=True):
+                    directory.ready[position + index] = item
+                for index in range(len(batch)):
+                    item = directory.ready.pop(position + index)
                     if item is None:  # vanished since it was listed
                         continue
                     name, attrs = item
                     if not pyfuse3.readdir_reply(token, name, attrs, position + index + 1):
-                        # Not sent: give back the lookups of this and later entries.
-                        for rest in resolved[index:]:
-                            if rest is not None and rest[0] not in (b".", b".."):
-                                self._nodes.forget(rest[1].st_ino, 1)
+                        # The kernel's buffer is full: keep it for the next call.
+                        directory.ready[position + index] = item
                         return
                 position += len(batch)
+
+    def _drop_ready(self, directory: OpenDir) -> None:
+        """Give back the lookups of entries resolved but never sent."""
+        for item in directory.ready.values():
+            if item is not None and item[0] not in (b".", b".."):
+                self._nodes.forget(item[1].st_ino, 1)
+        directory.ready.clear()
 
     async def _fetch(self, directory: OpenDir) -> None:
         count = self._client.msize - c.READDIRHDRSZ
@@ -707,6 +723,7 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         directory = self._dirs.pop(fh, None)
         if directory is not None:
+            self._drop_ready(directory)
             await self._clunk_quietly(directory.fid)
 
     @_boundary
@@ -763,7 +780,20 @@ class Operations(pyfuse3.Operations):
         node = self._nodes.get(inode)
         if not name or b"\0" in name:
             raise P9Error(errno.EINVAL)
-        return await self._read_xattr(node, name)
+        # "No such attribute" is remembered as long as attributes are (ls -l asks
+        # every file for security.selinux and system.posix_acl_access).
+        now = trio.current_time()
+        absent: dict[bytes, float] = node.extra.setdefault("absent_xattrs", {})
+        if absent.get(name, 0.0) > now:
+            raise P9Error(errno.ENODATA)
+        try:
+            return await self._read_xattr(node, name)
+        except P9Error as error:
+            if error.errno == errno.ENODATA and self._options.cache_timeout > 0:
+                if len(absent) > 64:
+                    absent.clear()
+                absent[name] = now + self._options.cache_timeout
+            raise
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
@@ -776,6 +806,7 @@ class Operations(pyfuse3.Operations):
             raise P9Error(errno.EINVAL)
         if len(value) > XATTR_SIZE_MAX:
             raise P9Error(errno.E2BIG)
+        node.extra.pop("absent_xattrs", None)
         fid = await self._clone(node)
         try:
             await self._client.call(
