@@ -382,7 +382,10 @@ class Session:
     async def readlink(self, request: m.Treadlink) -> Message:
         with self.fids.hold(request.fid) as (fid,):
             fd, _, _ = self._path_fid(fid)
-            return m.Rreadlink(self.export.readlink(fd, os.fstat(fd)))
+            target = self.export.readlink(fd, os.fstat(fd))
+            if c.HDRSZ + 2 + len(target) >= self.msize:
+                raise fs.error(errno.ENAMETOOLONG, "symlink target does not fit msize")
+            return m.Rreadlink(target)
 
     # -- making and removing names ----------------------------------------
 

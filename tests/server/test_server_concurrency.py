@@ -148,6 +148,7 @@ async def test_replies_stay_below_msize(tmp_path: Path) -> None:
     for index in range(50):
         (export / (f"{index:03d}" + "n" * 200)).write_bytes(b"")
     os.symlink("t" * 4000, export / "longlink")
+    os.symlink("t" * 4095, export / "longest")
     async with served(export, handshake=False) as client:
         client.msize = 4096
         await client.handshake()
@@ -155,9 +156,11 @@ async def test_replies_stay_below_msize(tmp_path: Path) -> None:
         reply = await client.ok(m.Tread(fid, 0, 1 << 20))
         assert len(reply.data) == 4096 - 12
         entries = await client.listdir()
-        assert len(entries) == 54
+        assert len(entries) == 55
         link = await client.walk(b"longlink")
         assert len((await client.ok(m.Treadlink(link))).target) == 4000
+        longest = await client.walk(b"longest")
+        assert await client.error(m.Treadlink(longest)) == errno.ENAMETOOLONG
         # Every frame the server sent was below msize.
         data = bytes(client.received)
         pos = 0
