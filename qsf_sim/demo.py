@@ -186,7 +186,6 @@ class Demo:
                        qsf_prompt="terminal" if interactive else "scripted")
         self.folder = self.sim.home(SERVER) / FOLDER_NAME
         self.mountpoint = self.sim.home(CLIENT) / MOUNT_NAME
-        self.mounted = False
 
     # --- the steps --------------------------------------------------------------------
 
@@ -268,13 +267,13 @@ class Demo:
             self.sim.answer_folder(self.args.answer)
             say(f"   (unattended: the simulated dom0 answers {self.args.answer!r} by itself)")
         result = self.in_qube(CLIENT, argv, timeout=MOUNT_TIMEOUT, check=False)
-        self.mounted = str(self.mountpoint) in mounts_under(self.sim.root)
+        mounted = str(self.mountpoint) in mounts_under(self.sim.root)
         if result.returncode == QVM_EXIT_DENIED:
             raise DemoFailed("dom0 refused the folder: "
                              + result.stderr.decode("utf-8", "backslashreplace").strip()
                              + "\n   (that is what a refusal looks like; nothing was mounted)",
                              EXIT_DENIED)
-        if result.returncode != 0 or not self.mounted:
+        if result.returncode != 0 or not mounted:
             raise DemoFailed(f"qvm-mount-folder failed (exit {result.returncode}): "
                              + result.stderr.decode("utf-8", "backslashreplace").strip()
                              + self.logs())
@@ -329,7 +328,6 @@ class Demo:
         say(f"     {command_line(argv)}")
         say("   which ends qsf-fuse and qrexec-client-vm in personal and qsf-server in work.")
         self.in_qube(CLIENT, argv)
-        self.mounted = False
         if not wait_for(lambda: str(self.mountpoint) not in mounts_under(self.sim.root), 10):
             raise DemoFailed(f"{self.mountpoint} is still mounted after fusermount -u")
         daemon_pid = self.sim.daemon.pid if self.sim.daemon else None
