@@ -70,8 +70,6 @@ class Place:
     depth: int = 0
 
     def child(self, name: bytes, st: os.stat_result) -> Place:
-        if self.depth >= MAX_DEPTH:
-            raise error(errno.ENAMETOOLONG, "too deep below the export root")
         return Place(self, name, st.st_dev, st.st_ino, self.depth + 1)
 
 
@@ -115,7 +113,8 @@ def creation_mode(mode: int) -> int:
 class Export:
     """The exported directory: its root descriptor and the walk from it."""
 
-    def __init__(self, path: str | bytes) -> None:
+    def __init__(self, path: str | bytes, *, max_depth: int = MAX_DEPTH) -> None:
+        self.max_depth = max_depth
         fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.root_fd = fd
         st = os.fstat(fd)
@@ -141,6 +140,8 @@ class Export:
         if name == b"..":
             return self._walk_up(fd, place)
         check_name(name)
+        if place.depth >= self.max_depth:
+            raise error(errno.ENAMETOOLONG, "too deep below the export root")
         new_fd = sysfs.open_beneath(fd, name, O_PATH_FLAGS)
         try:
             new_st = os.fstat(new_fd)

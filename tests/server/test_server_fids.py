@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
-import trio
 from server_gate import GatedExport, wait_until
 from server_p9client import ROOT, served
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
+from qsf_server import fs
 from qsf_server.fids import Fid, FidTable
+from qsf_server.fs import Export
 
 
 def make_export(base: Path) -> Path:
@@ -137,21 +138,20 @@ async def test_buffered_memory_is_bounded(tmp_path: Path) -> None:
 
 async def test_walk_depth_is_bounded(tmp_path: Path) -> None:
     export = tmp_path / "export"
-    export.mkdir()
-    fd = os.open(export, os.O_PATH)
+    (export / Path(*["d"] * 40)).mkdir(parents=True)
+    shallow = Export(str(export), max_depth=33)
     try:
-        for _ in range(2049):  # deeper than PATH_MAX allows to name: build it fd-relative
-            os.mkdir("d", dir_fd=fd)
-            new = os.open("d", os.O_PATH, dir_fd=fd)
-            os.close(fd)
-            fd = new
-    finally:
-        os.close(fd)
-    async with served(export) as client:
-        fid = await client.walk()
-        for _ in range(128):
+        async with served(export, export=shallow) as client:
+            fid = await client.walk()
             await client.ok(m.Twalk(fid, fid, (b"d",) * 16))
-        with trio.fail_after(10):
-            assert await client.error(m.Twalk(fid, fid, (b"d",))) == errno.ENAMETOOLONG
-        # `..` is still fine from there.
-        await client.ok(m.Twalk(fid, fid, (b"..",)))
+            await client.ok(m.Twalk(fid, fid, (b"d",) * 16))
+            reply = await client.ok(m.Twalk(fid, client.fid(), (b"d",) * 2))
+            assert len(reply.wqids) == 1  # the 34th level is refused
+            await client.ok(m.Twalk(fid, fid, (b"d",)))
+            assert await client.error(m.Twalk(fid, client.fid(), (b"d",))) == errno.ENAMETOOLONG
+            # `..` is still fine from there.
+            await client.ok(m.Twalk(fid, fid, (b"..", b"..")))
+            await client.ok(m.Twalk(fid, fid, (b"d",)))
+    finally:
+        shallow.close()
+    assert fs.MAX_DEPTH >= 2048  # the default: deeper than any path can name
