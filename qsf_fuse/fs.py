@@ -493,11 +493,20 @@ class Operations(pyfuse3.Operations):
             created = await self._client.call(
                 m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid), m.Rlcreate
             )
-            attrs = await self._walk_entry(parent, name)
+            reply = await self._getattr_fid(fid)
+            if reply.qid.path != created.qid.path or not stat.S_ISREG(reply.mode):
+                raise BadReply("Tlcreate made something else than a regular file")
         except BaseException:
             self._release_fid(fid)
             raise
-        node = self._nodes.get(attrs.st_ino)
+        # The node gets a fid of its own (a walk) only when it needs one.
+        node = self._nodes.remember(created.qid, None, parent, name)
+        try:
+            attrs = self._entry(node, reply)
+        except BaseException:
+            self._nodes.forget(node.inode, 1)
+            self._release_fid(fid)
+            raise
         fh = self._new_fh()
         self._files[fh] = OpenFile(
             fid, node, self._iounit(created.iounit), bool(wire_flags & c.L_O_APPEND)
@@ -581,7 +590,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         file = self._files.pop(fh, None)
         if file is not None:
-            await self._clunk_quietly(file.fid)
+            self._release_fid(file.fid)
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -120,11 +120,12 @@ class InodeMap:
         """The node of a file already known (by qid), if any."""
         return self._by_key.get(key_of(qid))
 
-    def remember(self, qid: Qid, fid: int, parent: Node, name: bytes) -> Node:
-        """Record one more lookup of the file qid names, walked to as fid from parent/name.
+    def remember(self, qid: Qid, fid: int | None, parent: Node, name: bytes) -> Node:
+        """Record one more lookup of the file qid names, as parent/name.
 
-        fid is consumed: it becomes the node's fid, and the fid it replaces is
-        released (clunked once unused).
+        fid, walked to the file, is consumed: it becomes the node's fid, and the
+        fid it replaces is released (clunked once unused). Without one, the node
+        keeps its fid or has none until it is walked to.
         """
         key = key_of(qid)
         node = self._by_key.get(key)
@@ -134,7 +135,8 @@ class InodeMap:
             self._nodes[node.inode] = node
             self._by_key[key] = node
         node.parent, node.name = parent, name
-        self._set_fid(node, fid)
+        if fid is not None:
+            self._set_fid(node, fid)
         node.lookups += 1
         return node
 
