@@ -209,6 +209,10 @@ def measure(size: Size) -> dict[str, dict[str, list[float]]]:
     return results
 
 
+def _show(value: float, unit: str) -> str:
+    return f"{value:.2f} s" if unit == "s" else f"{value:,.0f} {unit}"
+
+
 def table(results: dict[str, dict[str, list[float]]], size: Size) -> str:
     lines = [
         f"| workload ({size.files} files, {size.nbytes // MIB} MiB) | qsf-fuse | sshfs | local "
@@ -220,11 +224,9 @@ def table(results: dict[str, dict[str, list[float]]], size: Size) -> str:
         ratio = (medians["qsf"] / medians["sshfs"] if row.higher_is_better
                  else medians["sshfs"] / medians["qsf"])
 
-        def show(value: float) -> str:
-            return f"{value:,.0f} {row.unit}" if row.unit != "s" else f"{value:.2f} s"
-
-        lines.append(f"| {row.name} | {show(medians['qsf'])} | {show(medians['sshfs'])} "
-                     f"| {show(medians['local'])} | {ratio:.2f} |")
+        shown = {t: _show(medians[t], row.unit) for t in TARGETS}
+        lines.append(f"| {row.name} | {shown['qsf']} | {shown['sshfs']} | {shown['local']} "
+                     f"| {ratio:.2f} |")
     return "\n".join(lines)
 
 
