@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import enum
 import os
+import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable
@@ -377,7 +378,23 @@ class Mux(asyncio.Protocol):
 # --- the two ends as programs -------------------------------------------------
 
 
-async def run_host(port_socket: str, target: str) -> None:
+def connect_port(port_socket: str, user: tuple[int, int] | None = None) -> socket.socket:
+    """Connect to QEMU's chardev socket, then become `user` (uid, gid) if given.
+
+    The socket usually belongs to whoever runs QEMU; every stream is then made
+    as the simulated qube's user, which the sim daemon checks with SO_PEERCRED.
+    """
+    port = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    port.connect(port_socket)
+    if user is not None:
+        uid, gid = user
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    return port
+
+
+async def run_host(port: socket.socket, target: str) -> None:
     """Host end: serve the guest's streams arriving on QEMU's chardev socket."""
     loop = asyncio.get_running_loop()
 
@@ -385,7 +402,7 @@ async def run_host(port_socket: str, target: str) -> None:
         await loop.create_unix_connection(factory, target)
 
     mux = Mux(initiator=False, connect=connect)
-    await loop.create_unix_connection(lambda: mux, port_socket)
+    await loop.create_unix_connection(lambda: mux, sock=port)
     await mux.done
 
 
@@ -456,6 +473,8 @@ _host = _ends.add_parser("host", help="host end: QEMU chardev socket -> the qube
 _host.add_argument("--port-socket", required=True, help="QEMU's chardev socket of the port")
 _host.add_argument("--target", required=True,
                    help="Unix socket to connect to for every stream (the sim qube's socket)")
+_host.add_argument("--user", metavar="UID:GID",
+                   help="after connecting to the port, run as this user (the qube's)")
 _guest = _ends.add_parser("guest", help="guest end: local Unix socket -> the port")
 _where = _guest.add_mutually_exclusive_group(required=True)
 _where.add_argument("--port-device", help="the port's device node")
@@ -469,7 +488,14 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
     try:
         if options.end == "host":
-            asyncio.run(run_host(options.port_socket, options.target))
+            user = None
+            if options.user:
+                uid, _, gid = options.user.partition(":")
+                if not (uid.isdigit() and gid.isdigit()):
+                    parser.error("--user takes UID:GID (numbers)")
+                user = (int(uid), int(gid))
+            port = connect_port(options.port_socket, user)
+            asyncio.run(run_host(port, options.target))
         else:
             device = options.port_device or find_port(options.port_name)
             asyncio.run(run_guest(device, options.listen))

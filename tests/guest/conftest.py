@@ -45,13 +45,13 @@ class Rig:
         The guest end sees the port close and reattaches within a second.
         """
         self.stop_mux_host()
-        os.chown(self.guest.qrexec_socket, uid, gid)
         argv = [sys.executable, "-m", "qsf_sim.mux", "host", "--port-socket",
                 str(self.guest.qrexec_socket), "--target", str(target)]
+        if uid:
+            argv += ["--user", f"{uid}:{gid}"]
         with open(self.workdir / "mux-host.log", "ab") as log:
-            self.mux_host = subprocess.Popen(
-                support.as_user(argv, uid, gid) if uid else argv,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=support.REPO)
+            self.mux_host = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=log, cwd=support.REPO)
 
     def stop_mux_host(self) -> None:
         if self.mux_host is None:
@@ -155,3 +155,14 @@ def export() -> Iterator[Path]:
     os.chown(path, support.QUBE_UID, support.QUBE_GID)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow run only when asked for (`-m slow`)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") and here in Path(item.path).parents:
+            item.add_marker(skip)

@@ -59,12 +59,17 @@ def guest_sim(rig: Rig) -> Iterator[Sim]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def qvm_mount_folder(rig: Rig, *args: str) -> tuple[int, str]:
+def qvm_mount_folder_out(rig: Rig, *args: str) -> tuple[int, str]:
+    """Run qvm-mount-folder as the guest's user; (exit status, stdout + stderr)."""
     env = {"PATH": f"{GUEST_BIN}:{support.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
            "QSF_SIM_QREXEC_SOCKET": GUEST_MUX_SOCKET, "HOME": "/tmp"}
     result = rig.guest.run(["qvm-mount-folder", *args], uid=support.QUBE_UID, env=env,
                            timeout=120)
-    return result.rc, result.err
+    return result.rc, result.out + result.err
+
+
+def qvm_mount_folder(rig: Rig, *args: str) -> tuple[int, str]:
+    return qvm_mount_folder_out(rig, *args)
 
 
 def test_guest_qvm_mount_folder_kernel_backend(guest_sim: Sim, rig: Rig) -> None:
@@ -84,10 +89,9 @@ def test_guest_qvm_mount_folder_kernel_backend(guest_sim: Sim, rig: Rig) -> None
         "hello from server\n"
     rig.guest.sh(f"echo from-guest > {mnt}/new.txt", uid=user).check()
     assert (share / "new.txt").read_text() == "from-guest\n"
-    listed = qvm_mount_folder(rig, "--list")
-    assert listed[0] == 0
-    rc, err = qvm_mount_folder(rig, "--unmount", mnt)
-    assert rc == 0, err
+    rc, listed = qvm_mount_folder_out(rig, "--list")
+    assert rc == 0 and f"qvm://server{share} {mnt} 9p" in listed, listed
+    rig.guest.run(["sudo", "-n", "umount", mnt], uid=user).check()
     assert not rig.mounted(mnt)
     # The share's processes end: qrexec-client-vm in the guest, qsf-server on the host.
     deadline = time.monotonic() + 30
@@ -107,3 +111,19 @@ def _host_cmdlines() -> list[str]:
                 continue
             found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
     return [c for c in found if "qsf_server" in c or "qsf-server" in c]
+
+
+@pytest.mark.xfail(strict=True, reason="qsf_mount runs umount without sudo for a kernel "
+                   "share (must be superuser); qsf_kmount.unmount does it right")
+def test_guest_qvm_mount_folder_unmount_kernel_share(guest_sim: Sim, rig: Rig) -> None:
+    share = guest_sim.home("server") / "share"
+    mnt = rig.mountpoint()
+    guest_sim.answer_folder("once rw")
+    rc, err = qvm_mount_folder(rig, "--backend=kernel", "server", str(share), mnt)
+    assert rc == 0, err
+    try:
+        rc, err = qvm_mount_folder(rig, "--unmount", mnt)
+        assert rc == 0, err
+        assert not rig.mounted(mnt)
+    finally:
+        rig.cleanup_mounts()
