@@ -165,14 +165,19 @@ class Decoder:
             self._tail.clear()
 
     def _gather(self, count: int) -> None:
-        """Make the first chunk hold at least `count` bytes (count <= buffered)."""
+        """Make the first chunk exactly the first `count` bytes (count <= buffered).
+
+        Copies only those bytes: the rest of the last chunk they reach stays a view.
+        """
         self._flush_tail()
         parts = []
-        have = 0
-        while have < count:
+        while count:
             part = self._chunks.popleft()
+            if len(part) > count:
+                self._chunks.appendleft(part[count:])
+                part = part[:count]
             parts.append(part)
-            have += len(part)
+            count -= len(part)
         self._chunks.appendleft(memoryview(b"".join(parts)))
 
     def _head(self, count: int) -> memoryview:

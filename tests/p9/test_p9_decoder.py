@@ -214,6 +214,25 @@ def test_large_chunks_across_frames() -> None:
     assert time.monotonic() - started < 5
 
 
+def test_frames_across_chunk_boundaries_copy_only_themselves() -> None:
+    frame = encode(1, m.Tclunk(3))
+    stream = frame * (2 * 1024 * 1024 // len(frame) + 1)
+    chunks = [stream[i : i + 1024 * 1024] for i in range(0, len(stream), 1024 * 1024)]
+    decoder = Decoder(replies=False)
+    decoded = 0
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            decoder.receive_data(chunk)
+            while decoder.next_message() is not NEED_DATA:
+                decoded += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded == len(stream) // len(frame)
+    assert peak < 64 * 1024  # never a copy of a 1 MiB chunk
+
+
 @pytest.mark.parametrize(
     "message",
     [m.Tclunk(-1), m.Tclunk(2**32), m.Tread(1, 2**64, 0), m.Rlerror(2**32), m.Rread(5),
