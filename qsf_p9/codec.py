@@ -22,7 +22,7 @@ from . import fast, spec
 from .errors import FramingError, MessageError
 from .messages import REPLIES, REQUESTS, Message
 
-__all__ = ["EOF", "NEED_DATA", "RREAD_OVERHEAD", "Decoder", "encode"]
+__all__ = ["DIRENT_OVERHEAD", "EOF", "NEED_DATA", "RREAD_OVERHEAD", "Decoder", "encode"]
 
 # Bytes of an Rread frame besides its data: size[4] type[1] tag[2] count[4].
 RREAD_OVERHEAD: Final = 11
@@ -30,8 +30,9 @@ RREAD_OVERHEAD: Final = 11
 DIRENT_OVERHEAD: Final = 24
 
 _MAX_FRAME: Final = 0xFFFFFFFF
-# Pieces smaller than this are gathered in one bytearray, so that a peer
-# trickling bytes costs neither a chunk object per byte nor quadratic copies.
+# Pieces smaller than this that arrive behind a partial frame are gathered in
+# one bytearray (flushed at _TAIL_LIMIT), so that a peer trickling bytes costs
+# neither a chunk object per byte nor quadratic copies.
 _SMALL_PIECE: Final = 4096
 _TAIL_LIMIT: Final = 64 * 1024
 _HEADER = struct.Struct("<IBH")
@@ -44,6 +45,8 @@ class _Sentinel(Enum):
 
     def __repr__(self) -> str:
         return self.value
+
+    __str__ = __repr__
 
 
 NEED_DATA: Final = _Sentinel.NEED_DATA
