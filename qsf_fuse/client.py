@@ -319,10 +319,6 @@ class P9Client:
         if call is None or call.done.is_set():
             self.fail(f"reply on tag {tag} that no request is waiting on")
             return
-        if isinstance(reply, m.Rflush) and not isinstance(call.request, m.Tflush):
-            # Some servers answer a flushed request with Rflush on its own tag.
-            failure = P9Error(errno.EINTR, "request flushed")
-            reply = None
         if call.abandoned:
             # A late reply to a flushed request: the tag stays taken until Rflush.
             self._after_abandoned(call, reply)

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # Readdirplus entries resolved (walk + getattr) concurrently.
 READDIR_BATCH: Final = 32
 # A directory listing longer than this is cut (a server could list forever).
-MAX_DIR_ENTRIES: Final = 4_000_000
+MAX_DIR_ENTRIES: Final = 1_000_000
+MIN_IOUNIT: Final = 4096
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -163,7 +164,8 @@ class Operations(pyfuse3.Operations):
         return self._client.msize - c.IOHDRSZ
 
     def _iounit(self, iounit: int) -> int:
-        return min(iounit, self._io_max) if iounit > 0 else self._io_max
+        # A hint only: a tiny one (a server asking for a flood of requests) is ignored.
+        return min(iounit, self._io_max) if iounit >= MIN_IOUNIT else self._io_max
 
     async def _getattr_fid(self, fid: int) -> m.Rgetattr:
         return await self._client.call(m.Tgetattr(fid, c.GETATTR_BASIC), m.Rgetattr)
