@@ -139,6 +139,10 @@ class Export:
             raise error(errno.ENOTDIR)
         if name == b"..":
             return self._walk_up(fd, place)
+        if name == b".":
+            # The directory itself (diod's clients walk "." for `ls -l`).
+            same = os.dup(fd)
+            return same, st, place
         check_name(name)
         if place.depth >= self.max_depth:
             raise error(errno.ENAMETOOLONG, "too deep below the export root")

@@ -77,8 +77,11 @@ async def test_walk_clone_partial_and_in_place(export: Path) -> None:
         other = await client.walk()
         assert await client.error(m.Twalk(ROOT, other, (b"sub",))) == errno.EBADF
         # Names that are not one plain component.
-        for name in (b"", b".", b"a/b", b"/", b"a\0b"):
+        for name in (b"", b"a/b", b"/", b"a\0b"):
             assert await client.error(m.Twalk(ROOT, 54, (name,))) == errno.EINVAL
+        # "." is the directory itself.
+        reply = await client.ok(m.Twalk(ROOT, 55, (b"sub", b".", b".")))
+        assert reply.wqids[0] == reply.wqids[1] == reply.wqids[2]
 
 
 async def test_walk_dotdot_from_subdir_and_root(export: Path) -> None:
