@@ -91,6 +91,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
                           options.msize, max_fids)
+    except KeyboardInterrupt:
+        return 130
     finally:
         export.close()
     if ending is Ending.EOF:

@@ -1,13 +1,16 @@
-"""One 9P2000.L connection: the reader, one task per request, one writer.
+"""One 9P2000.L connection: the reader, a task per waiting request, one writer.
 
-The reader feeds the qsf_p9 Decoder and starts a task per request, each in
-its own cancel scope so that Tflush can abandon it. At most `max_in_flight`
-requests run at once (and `max_bulk` of them carry bulk data); when full, the
-reader stops reading, which pushes back on the client. Replies go through a
-bounded channel to a single writer task, so frames never interleave. A
+The reader feeds the qsf_p9 Decoder. Requests whose handler never waits
+(walk, getattr, clunk, open, create...) are answered on the spot; requests
+that wait for a worker thread (read, write, readdir, fsync) and Tflush each
+run as a task in its own cancel scope, so that Tflush can abandon them. At
+most `max_in_flight` such tasks run at once (`max_bulk` of them carrying
+bulk data); when full, the reader stops reading, which pushes back on the
+client. Replies go through a bounded channel to a single writer task, which
+joins whatever has gathered into one write, so frames never interleave. A
 reply is either in the channel before its Rflush or never sent. Tversion
-waits for every request to end (abandoning them) and starts a new session.
-A framing error closes the connection; a bad message gets Rlerror.
+abandons every request, waits for them to end and starts a new session. A
+framing error closes the connection; a bad message gets Rlerror.
 """
 
 from __future__ import annotations
