@@ -225,3 +225,24 @@ async def test_command_msize_option(tmp_path: Path) -> None:
     done = subprocess.run(server_command(tmp_path / "missing"), capture_output=True,
                           stdin=subprocess.DEVNULL, check=False)
     assert done.returncode == 1 and b"cannot serve" in done.stderr
+
+
+async def test_tversion_abandons_requests_in_flight(tmp_path: Path) -> None:
+    gated = GatedExport(make_export(tmp_path))
+    try:
+        async with served(gated.path, export=gated) as client:
+            fid = await client.open(b"file")
+            await client.send(m.Tread(fid, 0, 10), tag=1)
+            await wait_until(lambda: gated.waiting == 1)
+            await client.send(m.Tversion(8192, b"9P2000.L"), tag=c.NOTAG)
+            with trio.move_on_after(0.3) as idle:
+                await client.receive()  # Rversion waits for the read's thread
+            assert idle.cancelled_caught
+            gated.gate.set()
+            tag, reply = await client.receive()
+            assert (tag, reply) == (c.NOTAG, m.Rversion(8192, b"9P2000.L"))
+            # The read was abandoned: no reply for tag 1, and its fid is gone.
+            await client.send(m.Tgetattr(fid, 0), tag=1)
+            assert await client.receive() == (1, m.Rlerror(errno.EBADF))
+    finally:
+        gated.close()
