@@ -313,6 +313,12 @@ class Export:
     def chown(fd: int, uid: int, gid: int) -> None:
         # The /proc link of an O_PATH fd names the node itself, even a symlink.
         os.chown(proc_path(fd), uid, gid)
+        if _IS_ROOT:
+            # Root keeps setuid/setgid bits across chown (CAP_FSETID): a client
+            # must not turn a setuid file into a setuid-root one.
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(proc_path(fd), stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
 
     @staticmethod
     def truncate(fd: int, st: os.stat_result, open_fd: int | None, size: int) -> None:

@@ -237,7 +237,14 @@ async def no_setuid_from_a_root_server(client: Client, layout: Layout) -> None:
     await client.ok(m.Tlcreate(fid, b"suid", c.L_O_RDWR, 0o6755, 0))
     await client.ok(m.Tmknod(ROOT, b"suid2", stat.S_IFREG | 0o4755, 0, 0, 0))
     await client.ok(m.Tsetattr(fid, c.SETATTR_MODE, 0o6777, 0, 0, 0, 0, 0, 0, 0))
-    for name in ("suid", "suid2"):
+    # A setuid file put there by the server qube's user stays out of the client's
+    # reach as a setuid-root file: chown by a root server drops the bits.
+    (layout.export / "theirs").write_bytes(b"")
+    os.chown(layout.export / "theirs", 1000, 1000)
+    os.chmod(layout.export / "theirs", 0o6755)
+    theirs = await client.walk(b"theirs")
+    await client.ok(m.Tsetattr(theirs, c.SETATTR_UID | c.SETATTR_GID, 0, 0, 0, 0, 0, 0, 0, 0))
+    for name in ("suid", "suid2", "theirs"):
         mode = os.stat(layout.export / name).st_mode
         assert not mode & (stat.S_ISUID | stat.S_ISGID), (name, oct(mode))
 
