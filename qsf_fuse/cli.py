@@ -32,6 +32,8 @@ log = logging.getLogger("qsf_fuse")
 
 # How long the command spawned by --exec may take to exit once the channel closed.
 EXEC_EXIT_GRACE = 5.0
+# How long the fids may take to be clunked at unmount before the channel closes anyway.
+SHUTDOWN_GRACE = 2.0
 
 parser = argparse.ArgumentParser(
     prog="qsf-fuse",
@@ -162,6 +164,10 @@ async def _mount_and_serve(
         await pyfuse3.main()
     finally:
         pyfuse3.close(unmount=True)
+    # Unmounted: end the session cleanly before the channel closes.
+    with trio.move_on_after(SHUTDOWN_GRACE):
+        await operations.clunk_all()
+        await client.quiesce()
     return None
 
 

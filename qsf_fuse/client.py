@@ -225,6 +225,7 @@ class P9Client:
         self.closed = trio.Event()
         # Set when the server stopped answering (rather than closing the channel).
         self.unresponsive = False
+        self._idle = trio.Event()  # set whenever the last call in flight ends
 
     # -- life cycle --------------------------------------------------------
 
@@ -250,8 +251,15 @@ class P9Client:
             if call.flush_done is not None:
                 call.flush_done.set()
         self._calls.clear()
+        self._idle.set()
         self._outbox_send.close()
         self.closed.set()
+
+    async def quiesce(self) -> None:
+        """Wait until no request is in flight (or the connection is dead)."""
+        while self._calls and self._failure is None:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     async def aclose(self) -> None:
         """Close the channel: the server sees EOF."""
@@ -336,6 +344,8 @@ class P9Client:
         call.failure = failure
         del self._calls[tag]
         call.done.set()
+        if not self._calls:
+            self._idle.set()
 
     def _after_abandoned(self, call: _Call, reply: m.Message | None) -> None:
         """A request the caller gave up on got its reply: undo what it created."""
@@ -399,6 +409,8 @@ class P9Client:
         """The caller stopped waiting (cancelled or timed out)."""
         if not sent or self._failure is not None:
             self._calls.pop(tag, None)
+            if not self._calls:
+                self._idle.set()
             return
         call.abandoned = True
         if isinstance(call.request, m.Tflush):
@@ -423,6 +435,8 @@ class P9Client:
             if not old.done.is_set():
                 self._after_abandoned(old, None)
             del self._calls[oldtag]
+            if not self._calls:
+                self._idle.set()
 
     # -- typed helpers -----------------------------------------------------
 

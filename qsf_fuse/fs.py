@@ -849,6 +849,14 @@ class Operations(pyfuse3.Operations):
 
     # -- end ---------------------------------------------------------------
 
+    async def clunk_all(self) -> None:
+        """At unmount: give every fid back, so that the server ends with a clean table."""
+        async with trio.open_nursery() as nursery:
+            for fid in self.open_fids():
+                nursery.start_soon(self._clunk_quietly, fid)
+        self._files.clear()
+        self._dirs.clear()
+
     def open_fids(self) -> list[int]:
         """Every fid this file system still holds."""
         return (

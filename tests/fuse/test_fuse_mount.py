@@ -223,25 +223,24 @@ def test_cached_data_is_kept_while_unchanged(server: Server, workdir: Path) -> N
         unmount(mount)
 
 
-def test_background_mode_returns_when_live(workdir: Path) -> None:
+def test_background_mode_returns_when_live(server: Server, workdir: Path) -> None:
     """Without --foreground: exit 0 once mounted; fusermount -u ends the client and the server."""
     support.need_fuse()
-    diod = support.need_program("diod")
     export, mnt = workdir / "export", workdir / "mnt"
     export.mkdir()
     mnt.mkdir()
     (export / "hello").write_bytes(b"hi")
+    command, options = server.command(export)
     ours, theirs = socket.socketpair()
-    server = subprocess.Popen(
-        [diod, "-f", "-n", "-c", "/dev/null", "-L", "stderr", "-e", str(export),
-         "--rfdno", "0", "--wfdno", "1"],
+    server_process = subprocess.Popen(
+        shlex.split(command),
         stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.DEVNULL,
     )
     theirs.close()
     try:
         fd = ours.fileno()
         result = subprocess.run(
-            [support.venv_program("qsf-fuse"), "-o", f"aname={export},fsname=qvm://srv/f",
+            [support.venv_program("qsf-fuse"), "-o", ",".join([*options, "fsname=qvm://srv/f"]),
              "--rfd", str(fd), "--wfd", str(fd), str(mnt)],
             pass_fds=(fd,), capture_output=True, text=True, timeout=30,
         )
@@ -253,14 +252,15 @@ def test_background_mode_returns_when_live(workdir: Path) -> None:
                     if line.split()[1] == str(mnt))
         assert line.split()[0] == "qvm://srv/f" and line.split()[2] == "fuse.qsf"
         subprocess.run(["fusermount", "-u", str(mnt)], check=True)
-        assert server.wait(10) == 0
+        # The client exits and closes the channel: the server sees EOF and exits 0.
+        assert server_process.wait(10) == 0
     finally:
         ours.close()
         if os.path.ismount(mnt):
             subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        if server_process.poll() is None:
+            server_process.kill()
+            server_process.wait()
 
 
 def test_background_mode_reports_failure(workdir: Path) -> None:
