@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +20,19 @@ def test_tiny_benchmark_measures_qsf_and_diod(tmp_path: Path) -> None:
     support.need_program("diod")
     support.venv_program("qsf-server")
     out = tmp_path / "bench.json"
-    done = subprocess.run(
+    # Its own process group, so that a hung run is stopped with the servers it started.
+    bench = subprocess.Popen(
         [sys.executable, "-m", "bench.server", "--size", "tiny", "--json", str(out)],
-        cwd=support.REPO, capture_output=True, text=True, timeout=240,
+        cwd=support.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    try:
+        stdout, stderr = bench.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bench.pid, signal.SIGKILL)
+        bench.wait()
+    assert bench.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
     report = json.loads(out.read_text())
     measured = {(s["config"], s["workload"]): s for s in report["medians"]}
     expected = {(config, workload)
@@ -35,4 +46,4 @@ def test_tiny_benchmark_measures_qsf_and_diod(tmp_path: Path) -> None:
         assert sample["server_cpu_percent"] >= 0
     # The printed table shows every configuration with its ratio to diod.
     for config, _ in expected:
-        assert config in done.stdout
+        assert config in stdout
