@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -28,10 +27,10 @@ def test_tiny_benchmark_measures_qsf_and_diod(tmp_path: Path) -> None:
     )
     try:
         stdout, stderr = bench.communicate(timeout=240)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(bench.pid, signal.SIGKILL)
-        bench.wait()
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)  # not reaped yet: the group is still ours
+        stdout, stderr = bench.communicate()
+        pytest.fail(f"the tiny benchmark hung\nstdout:\n{stdout}\nstderr:\n{stderr}")
     assert bench.returncode == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
     report = json.loads(out.read_text())
     measured = {(s["config"], s["workload"]): s for s in report["medians"]}
