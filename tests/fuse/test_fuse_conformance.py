@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import support
-from conftest import SERVERS, Mount, Server, assert_gone, make_workdir, start_mount, unmount
+from fuse_mounts import SERVERS, Mount, Server, assert_gone, make_workdir, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 

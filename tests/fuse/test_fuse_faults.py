@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Mount, Server, assert_gone, start_mount, unmount
+from fuse_mounts import Mount, Server, assert_gone, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import support
-from conftest import Mount, Server, is_mounted, unmount, wait_for_mount
+from fuse_mounts import Mount, Server, is_mounted, unmount, wait_for_mount
 
 from qsf_fuse import convert
 from qsf_fuse.client import BadReply

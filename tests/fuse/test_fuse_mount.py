@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import support
-from conftest import Mount, Server, assert_gone, start_mount, unmount
+from fuse_mounts import Mount, Server, assert_gone, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 

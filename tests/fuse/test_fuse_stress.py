@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import support
-from conftest import Server, assert_gone, start_mount, unmount
+from fuse_mounts import Server, assert_gone, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 
