@@ -377,33 +377,48 @@ class P9Client:
         """Send request and return its checked reply; raises P9Error."""
         if self._failure is not None:
             raise ConnectionLost(self._failure)
-        async with self._slots:
-            if self._failure is not None:
-                raise ConnectionLost(self._failure)
-            # Tversion goes on NOTAG (it resets the session; nothing else is in flight).
-            tag = c.NOTAG if isinstance(request, m.Tversion) else self._allocate_tag()
-            frame = encode(tag, request)
-            if len(frame) > self.msize and not isinstance(request, m.Tversion):
-                raise P9Error(errno.EINVAL, f"{type(request).__name__} larger than msize")
-            call = _Call(request)
-            self._calls[tag] = call
-            sent = False
-            try:
-                with trio.move_on_after(self.timeout):
-                    await self._outbox_send.send(frame)
-                    sent = True
-                    await call.done.wait()
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise ConnectionLost(self._failure or "the writer stopped") from None
-            finally:
-                if not call.done.is_set():
-                    self._abandon(tag, call, sent)
-            if not call.done.is_set():
-                raise CallTimeout(request)
+        # Without a wait when a slot is free: every yield costs a pass of the event loop.
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        try:
+            call = await self._exchange(request)
+        finally:
+            self._slots.release()
         if call.failure is not None:
             raise call.failure
         assert isinstance(call.reply, reply_type)
         return call.reply
+
+    async def _exchange(self, request: m.Message) -> _Call:
+        """Send request on a new tag and wait for its reply (or failure) within the timeout."""
+        if self._failure is not None:
+            raise ConnectionLost(self._failure)
+        # Tversion goes on NOTAG (it resets the session; nothing else is in flight).
+        tag = c.NOTAG if isinstance(request, m.Tversion) else self._allocate_tag()
+        frame = encode(tag, request)
+        if len(frame) > self.msize and not isinstance(request, m.Tversion):
+            raise P9Error(errno.EINVAL, f"{type(request).__name__} larger than msize")
+        call = _Call(request)
+        self._calls[tag] = call
+        sent = False
+        try:
+            with trio.move_on_after(self.timeout):
+                try:
+                    self._outbox_send.send_nowait(frame)
+                except trio.WouldBlock:
+                    await self._outbox_send.send(frame)
+                sent = True
+                await call.done.wait()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ConnectionLost(self._failure or "the writer stopped") from None
+        finally:
+            if not call.done.is_set():
+                self._abandon(tag, call, sent)
+        if not call.done.is_set():
+            raise CallTimeout(request)
+        return call
 
     def _abandon(self, tag: int, call: _Call, sent: bool) -> None:
         """The caller stopped waiting (cancelled or timed out)."""
