@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import support
 import trio
 import trio.testing
 
@@ -225,3 +226,13 @@ async def subprocess_server(root: str | os.PathLike[str], *args: str,
                 process.wait()
             if process.stderr is not None:
                 process.stderr.close()
+
+
+def check_user_can_run_the_server() -> None:
+    """Skip (fail under CI) unless uid 1000 can run this venv's Python on the checkout."""
+    probe = subprocess.run(support.as_user([sys.executable, "-c", "import qsf_server.cli"]),
+                           cwd=support.REPO, capture_output=True, check=False)
+    if probe.returncode != 0:
+        why = probe.stderr.decode(errors="replace").strip()[-200:]
+        support.missing(f"uid {support.QUBE_UID} able to run {sys.executable} and import "
+                        f"the checkout ({why})")

@@ -13,14 +13,23 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import support
 import trio
-from server_p9client import ROOT, Client, served, subprocess_server
+from server_p9client import (
+    ROOT,
+    Client,
+    check_user_can_run_the_server,
+    served,
+    subprocess_server,
+)
 from server_watch import Inotify
 
 from qsf_p9 import constants as c
@@ -306,3 +315,28 @@ async def test_hostile_cases_against_the_command(tmp_path: Path) -> None:
         assert process.returncode == 0
     finally:
         watch.inotify.close()
+
+
+async def test_hostile_cases_against_an_unprivileged_command() -> None:
+    """The same attacks on the server as run in a qube: uid 1000, export owned by it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the server as another user")
+    check_user_can_run_the_server()
+    base = Path(tempfile.mkdtemp(prefix="qsf-hostile-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        layout = make_layout(base)
+        for path in [layout.export, *layout.export.rglob("*")]:
+            os.chown(path, support.QUBE_UID, support.QUBE_GID, follow_symlinks=False)
+        watch = Watch(layout)
+        try:
+            async with subprocess_server(layout.export, prefix=support.as_user([])) as (
+                    client, process):
+                for name in sorted(set(CASES) - {"no_setuid_from_a_root_server"}):
+                    await CASES[name](client, layout)
+                    watch.check(client, name)
+            assert process.returncode == 0
+        finally:
+            watch.inotify.close()
+    finally:
+        shutil.rmtree(base)

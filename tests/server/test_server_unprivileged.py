@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import support
-from server_p9client import ROOT, Client, subprocess_server
+from server_p9client import ROOT, Client, check_user_can_run_the_server, subprocess_server
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
@@ -176,14 +176,6 @@ def public_tmp() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base)
-
-
-def check_user_can_run_the_server() -> None:
-    probe = subprocess.run(support.as_user([sys.executable, "-c", "import qsf_server.cli"]),
-                           cwd=support.REPO, capture_output=True, check=False)
-    if probe.returncode != 0:
-        support.missing(f"uid {UID} able to run {sys.executable} and import the checkout "
-                        f"({probe.stderr.decode(errors='replace').strip()[-200:]})")
 
 
 async def test_permission_errors_match_the_kernel(public_tmp: Path) -> None:
