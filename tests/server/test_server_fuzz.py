@@ -267,7 +267,7 @@ def fuzz(base: Path, sessions: int, seed: int) -> None:
 
 
 def test_fuzz_sessions_short(tmp_path: Path) -> None:
-    fuzz(tmp_path, sessions=int(os.environ.get("QSF_FUZZ_SESSIONS_SHORT", "2000")), seed=20261126)
+    fuzz(tmp_path, sessions=int(os.environ.get("QSF_FUZZ_SESSIONS_SHORT", "5000")), seed=20261126)
 
 
 @pytest.mark.slow
