@@ -144,7 +144,14 @@ class Connection:
                 continue
             if tag in self._in_flight:
                 await self._queue(m.Rlerror(errno.EBUSY), tag)
-            elif isinstance(message, _OWN_TASK):
+                continue
+            if isinstance(message, m.Tread):
+                # Cached data is answered on the spot; a read from the disk gets a task.
+                reply = self.session.read_now(message)
+                if reply is not None:
+                    await self._queue(reply, tag)
+                    continue
+            if isinstance(message, _OWN_TASK):
                 await self._start(requests, tag, message)
             else:
                 # Answered on the spot: these handlers never wait, so a task and a

@@ -350,6 +350,23 @@ class Export:
         return os.pread(open_fd, count, offset)
 
     @staticmethod
+    def read_cached(open_fd: int, count: int, offset: int) -> memoryview | None:
+        """The read if the page cache holds all of it (RWF_NOWAIT: never waits
+        for the disk), else None: then `read` must run in a worker thread."""
+        if offset >= 1 << 63:
+            return memoryview(b"")
+        buffer = bytearray(count)
+        try:
+            got = os.preadv(open_fd, [buffer], offset, os.RWF_NOWAIT)
+        except OSError as failure:
+            if failure.errno in (errno.EAGAIN, errno.EOPNOTSUPP):
+                return None
+            raise
+        if got < count and offset + got < os.fstat(open_fd).st_size:
+            return None  # only part of it is cached: not the end of the file
+        return memoryview(buffer)[:got]
+
+    @staticmethod
     def write(open_fd: int, data: bytes | memoryview, offset: int) -> int:
         if offset >= 1 << 63:
             raise error(errno.EFBIG)

@@ -84,14 +84,21 @@ class Session:
             return m.Rlerror(errno.EOPNOTSUPP)
         try:
             return await handler(request)
-        except OSError as failure:
-            return m.Rlerror(_eio_unless_errno(failure))
-        except (ValueError, OverflowError):
-            # os functions refuse embedded NULs and out-of-range numbers this way.
-            return m.Rlerror(errno.EINVAL)
-        except Exception:
-            log.exception("unexpected failure answering %s", type(request).__name__)
-            return m.Rlerror(errno.EIO)
+        except Exception as failure:  # the one boundary to Rlerror
+            return _error_reply(request, failure)
+
+    def read_now(self, request: m.Tread) -> Message | None:
+        """The reply to a Tread that needs no waiting (cached data, an xattr
+        value, an error), or None: then `handle` must serve it in a task."""
+        try:
+            with self.fids.hold(request.fid) as (fid,):
+                count = self._read_budget(request.count)
+                if fid.xattr_data is not None:
+                    return self._xattr_read(fid.xattr_data, request.offset, count)
+                data = self.export.read_cached(self._open_fd(fid), count, request.offset)
+                return None if data is None else m.Rread(data)
+        except Exception as failure:  # the one boundary to Rlerror
+            return _error_reply(request, failure)
 
     # -- helpers -----------------------------------------------------------
 
@@ -248,11 +255,15 @@ class Session:
         with self.fids.hold(request.fid) as (fid,):
             count = self._read_budget(request.count)
             if fid.xattr_data is not None:
-                offset = min(request.offset, len(fid.xattr_data))
-                return m.Rread(fid.xattr_data[offset:offset + count])
+                return self._xattr_read(fid.xattr_data, request.offset, count)
             open_fd = self._open_fd(fid)
             data = await self._in_thread(self.export.read, open_fd, count, request.offset)
             return m.Rread(data)
+
+    @staticmethod
+    def _xattr_read(data: bytes, offset: int, count: int) -> Message:
+        offset = min(offset, len(data))
+        return m.Rread(data[offset:offset + count])
 
     async def write(self, request: m.Twrite) -> Message:
         with self.fids.hold(request.fid) as (fid,):
@@ -531,6 +542,18 @@ class Session:
                                   request.proc_id, b"")
             return m.Rgetlock(_WIRE_LOCK_TYPES.get(found, c.LOCK_TYPE_WRLCK), found_start,
                               found_length, max(pid, 0), b"")
+
+
+def _error_reply(request: Message, failure: Exception) -> Message:
+    """Rlerror for a failed request: OSError's errno as is, anything unexpected EIO."""
+    if isinstance(failure, OSError):
+        return m.Rlerror(_eio_unless_errno(failure))
+    if isinstance(failure, ValueError | OverflowError):
+        # os functions refuse embedded NULs and out-of-range numbers this way.
+        return m.Rlerror(errno.EINVAL)
+    log.error("unexpected failure answering %s", type(request).__name__,
+              exc_info=failure)
+    return m.Rlerror(errno.EIO)
 
 
 def _timespec(seconds: int, nanoseconds: int) -> tuple[int, int]:

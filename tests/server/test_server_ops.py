@@ -344,3 +344,18 @@ async def test_clunk_unknown_and_errors(export: Path) -> None:
         with pytest.raises(P9Error) as caught:
             await client.walk(b"missing")
         assert caught.value.errno == errno.ENOENT
+
+
+def test_read_cached(tmp_path: Path) -> None:
+    from qsf_server.fs import Export
+
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdef")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert bytes(Export.read_cached(fd, 4, 0) or b"?") == b"abcd"
+        assert bytes(Export.read_cached(fd, 100, 2) or b"?") == b"cdef"  # short at the end
+        assert bytes(Export.read_cached(fd, 100, 50) or b"?") == b""
+        assert bytes(Export.read_cached(fd, 100, 1 << 63) or b"?") == b""
+    finally:
+        os.close(fd)
