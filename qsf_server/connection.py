@@ -37,7 +37,8 @@ log = logging.getLogger("qsf_server")
 DEFAULT_MAX_IN_FLIGHT: Final = 256
 DEFAULT_MAX_BULK: Final = 32
 RECEIVE_CHUNK: Final = 256 * 1024
-_WRITE_BATCH: Final = 64  # frames joined into one write when the writer falls behind
+# Replies gathered into one write: up to this many bytes (a larger frame goes alone).
+_WRITE_BATCH_BYTES: Final = 256 * 1024
 _BULK: Final = (m.Tread, m.Twrite, m.Treaddir)
 # Requests that may wait (worker threads, Tflush): each runs as its own task.
 _OWN_TASK: Final = (m.Tread, m.Twrite, m.Treaddir, m.Tfsync, m.Tflush)
@@ -79,7 +80,9 @@ class Connection:
         self._in_flight: dict[int, _InFlight] = {}
         self._slots = trio.Semaphore(max_in_flight)
         self._bulk_slots = trio.Semaphore(max_bulk)
-        self._replies, self._reply_queue = trio.open_memory_channel[bytes](max_in_flight)
+        # Bounded in frames, each below msize: with the bulk limit this bounds the
+        # reply bytes held when the client reads slowly.
+        self._replies, self._reply_queue = trio.open_memory_channel[bytes](max_bulk)
 
     @property
     def in_flight(self) -> int:
@@ -240,11 +243,14 @@ class Connection:
             try:
                 async for frame in self._reply_queue:
                     frames = [frame]
-                    while len(frames) < _WRITE_BATCH:
+                    size = len(frame)
+                    while size < _WRITE_BATCH_BYTES:
                         try:
-                            frames.append(self._reply_queue.receive_nowait())
+                            frame = self._reply_queue.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                        frames.append(frame)
+                        size += len(frame)
                     await self._send.send_all(frames[0] if len(frames) == 1
                                               else b"".join(frames))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
