@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fuse_mounts import Mount, Server, assert_gone, start_mount, unmount
+from fuse_mounts import Mount, Server, assert_gone, is_mounted, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 
@@ -110,3 +110,33 @@ def test_server_stopped(server: Server, workdir: Path, kind: str) -> None:
                 os.kill(pid, signal.SIGCONT)
         unmount(mount, check=False)
         assert_gone([pid] if pid is not None else [])
+
+
+def test_client_killed(server: Server, workdir: Path) -> None:
+    """kill -9 of qsf-fuse: calls fail (ENOTCONN), never hang; the server sees EOF."""
+    mount = start_mount(server, workdir)
+    servers = mount.server_pids()
+    try:
+        (mount.mnt / "f").write_bytes(b"x")
+        mount.process.kill()
+        mount.process.wait(10)
+        started = time.monotonic()
+        with pytest.raises(OSError) as error:
+            os.stat(mount.mnt / "f")
+        assert error.value.errno == errno.ENOTCONN
+        assert time.monotonic() - started < 1
+        assert_gone(servers)
+    finally:
+        unmount(mount)
+
+
+def test_sigterm_unmounts(server: Server, workdir: Path) -> None:
+    mount = start_mount(server, workdir)
+    servers = mount.server_pids()
+    try:
+        os.kill(mount.process.pid, signal.SIGTERM)
+        assert mount.process.wait(10) == 0
+        assert not is_mounted(mount.mnt)
+        assert_gone(servers)
+    finally:
+        unmount(mount, check=False)
