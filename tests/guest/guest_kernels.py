@@ -17,7 +17,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE_ROOT = Path(os.environ.get("QSF_GUEST_CACHE", "/var/cache/qsf-guest"))
+
+def _cache_root() -> Path:
+    """$QSF_GUEST_CACHE, else /var/cache/qsf-guest for root, else the user's cache."""
+    if "QSF_GUEST_CACHE" in os.environ:
+        return Path(os.environ["QSF_GUEST_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/qsf-guest")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(xdg) / "qsf-guest"
+
+
+CACHE_ROOT = _cache_root()
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 BUSYBOX = Path("/bin/busybox")
 INIT_SCRIPT = Path(__file__).with_name("guest_init.sh")

@@ -64,6 +64,7 @@ class Guest:
         self.control_socket = workdir / "control.sock"
         self.qrexec_socket = workdir / "qrexec.sock"
         self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
         self._qemu: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._buffer = b""
@@ -96,8 +97,9 @@ class Guest:
         return "\n".join(text.splitlines()[-lines:])
 
     def start(self) -> None:
-        self._qemu = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.qemu_log, "wb") as log:
+            self._qemu = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + BOOT_TIMEOUT
         while self._control is None:
             if self._qemu.poll() is not None:
@@ -118,8 +120,8 @@ class Guest:
 
     def _qemu_died(self) -> str:
         assert self._qemu is not None
-        stderr = self._qemu.stderr.read().decode(errors="replace") if self._qemu.stderr else ""
-        return (f"QEMU exited {self._qemu.returncode}: {stderr.strip()}\n"
+        stderr = self.qemu_log.read_text(errors="replace")
+        return (f"QEMU exited {self._qemu.returncode}: {stderr.strip()[-3000:]}\n"
                 f"console:\n{self.console_tail()}")
 
     def run(self, argv: list[str], *, uid: int | None = None, input: bytes = b"",
@@ -170,7 +172,5 @@ class Guest:
             except subprocess.TimeoutExpired:
                 self._qemu.kill()
                 self._qemu.wait()
-        if self._qemu is not None and self._qemu.stderr is not None:
-            self._qemu.stderr.close()
         for path in (self.control_socket, self.qrexec_socket):
             path.unlink(missing_ok=True)

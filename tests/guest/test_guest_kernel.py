@@ -181,6 +181,7 @@ def test_guest_xattrs(share: Share) -> None:
     assert "user.colour" not in os.listxattr(share.export / "f")
 
 
+@pytest.mark.timeout(900)  # a few thousand round trips through a TCG guest
 def test_guest_thousand_entry_directories(share: Share) -> None:
     share.py("""
         import os
