@@ -8,4 +8,5 @@ Modules, one job each:
 - fs: the confined, descriptor-relative file system operations.
 - sysfs: system calls the os module lacks (openat2, linkat, utimensat, OFD locks).
 - qids: qid paths that never alias across devices, and non-zero versions.
+- connect: the qsf.ConnectToFolder service, which asks dom0 and then execs the server.
 """
