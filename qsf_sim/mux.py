@@ -182,6 +182,16 @@ class Mux(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown(None)
 
+    def pause_writing(self) -> None:
+        # The peer does not read what we send (a CLOSE per refused OPEN, CREDIT...):
+        # stop reading it too, so that what we buffer for it stays bounded.
+        if isinstance(self._reader, asyncio.ReadTransport):
+            self._reader.pause_reading()
+
+    def resume_writing(self) -> None:
+        if isinstance(self._reader, asyncio.ReadTransport) and not self._closed:
+            self._reader.resume_reading()
+
     def _shutdown(self, error: MuxProtocolError | None) -> None:
         if self._closed:
             return

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -220,6 +222,34 @@ def test_mux_host_end_refuses_streams_beyond_the_limit() -> None:
     assert error is None
     closes = [HEADER.unpack_from(reply, offset) for offset in range(0, len(reply), HEADER.size)]
     assert closes == [(n, Kind.CLOSE, 0) for n in (MAX_STREAMS + 1, MAX_STREAMS + 2)]
+
+
+def test_mux_host_end_stops_reading_a_guest_that_does_not_read() -> None:
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        port, raw = socket.socketpair()
+
+        async def refuse(factory: Callable[[], asyncio.Protocol]) -> None:
+            raise ConnectionRefusedError
+
+        host = Mux(initiator=False, connect=refuse)
+        transport, _ = await loop.create_unix_connection(lambda: host, sock=port)
+        _, guest_w = await asyncio.open_unix_connection(sock=raw)
+        # Every OPEN is refused with a CLOSE the guest never reads.
+        opens = (frame(n, Kind.OPEN) for n in range(1, 1_000_000))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                for chunk in iter(lambda: b"".join(itertools.islice(opens, 1000)), b""):
+                    guest_w.write(chunk)
+                    await guest_w.drain()
+        assert not host.done.done()
+        buffered = transport.get_write_buffer_size()
+        transport.close()
+        guest_w.close()
+        return buffered
+
+    # The host stopped reading once its replies piled up (64 KiB high-water mark).
+    assert asyncio.run(body()) < 256 * 1024
 
 
 def test_mux_frames_for_an_ended_stream_are_dropped() -> None:
