@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from typing import Final
 
 import pyfuse3
@@ -140,6 +141,35 @@ def setattr_message(
         fid, valid, mode, uid, gid, size,
         atime // _NS, atime % _NS, mtime // _NS, mtime % _NS,
     )
+
+
+_COPIED = ("st_ino", "generation", "entry_timeout", "st_mode", "st_nlink", "st_uid", "st_gid",
+           "st_rdev", "st_size", "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns",
+           "st_ctime_ns")
+
+
+def after_setattr(
+    old: pyfuse3.EntryAttributes, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+) -> pyfuse3.EntryAttributes:
+    """old with a successful setattr applied, to be revalidated at once (attr_timeout 0)."""
+    new = pyfuse3.EntryAttributes()
+    for name in _COPIED:
+        setattr(new, name, getattr(old, name))
+    new.attr_timeout = 0
+    if fields.update_mode:
+        new.st_mode = stat.S_IFMT(old.st_mode) | stat.S_IMODE(attr.st_mode)
+    if fields.update_uid:
+        new.st_uid = attr.st_uid
+    if fields.update_gid:
+        new.st_gid = attr.st_gid
+    if fields.update_size:
+        new.st_size = attr.st_size
+    if fields.update_atime:
+        new.st_atime_ns = attr.st_atime_ns
+    if fields.update_mtime:
+        new.st_mtime_ns = attr.st_mtime_ns
+    new.st_ctime_ns = time.time_ns()
+    return new
 
 
 def statvfs(reply: m.Rstatfs) -> pyfuse3.StatvfsData:

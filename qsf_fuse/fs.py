@@ -246,6 +246,32 @@ class Operations(pyfuse3.Operations):
             raise P9Error(errno.ESTALE, "the file was replaced since it was looked up")
         return fid
 
+    async def _clone_for_create(self, node: Node) -> int:
+        """A clone of a directory's fid, from the spare one kept ready if there is one.
+
+        Tlcreate turns the fid it is given into the new file, so every create
+        needs a clone of the directory's fid first: making the next one in the
+        background saves a round trip on the following create.
+        """
+        fid = self._nodes.take_spare(node)
+        if fid is None:
+            fid = await self._clone(node)
+        self._nursery.start_soon(self._make_spare, node)
+        return fid
+
+    async def _make_spare(self, node: Node) -> None:
+        if node.spare is not None or node.ref is None:
+            return
+        ref = node.ref
+        try:
+            fid = await self._clone(node)
+        except (P9Error, UnknownInode):
+            return
+        if node.ref is not ref:  # replaced or evicted meanwhile: a clone of the old one
+            self._release_fid(fid)
+            return
+        self._nodes.set_spare(node, fid)
+
     async def _clone(self, node: Node) -> int:
         """A new fid for node's file, to open or to turn into something else."""
         async with self._use(node) as fid:
@@ -302,12 +328,17 @@ class Operations(pyfuse3.Operations):
             # ftruncate/fchmod/futimens: the open file, even if unlinked since.
             fid = self._files[fh].fid
             await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
-            reply = await self._getattr_fid(fid)
         else:
             async with self._use(node) as fid:
                 await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
-                reply = await self._getattr_fid(fid)
-        return self._entry(node, reply)
+        if node.attrs is None:
+            async with self._use(node) as fid:
+                return self._entry(node, await self._getattr_fid(fid))
+        # What the server now has, as far as the client knows; valid for no time,
+        # so the kernel asks the server (getattr) if anything looks at it.
+        attrs = convert.after_setattr(node.attrs, attr, fields)
+        node.attrs = attrs
+        return attrs
 
     @_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -490,7 +521,7 @@ class Operations(pyfuse3.Operations):
         wire_flags = convert.open_flags(flags) | c.L_O_CREAT
         if flags & os.O_EXCL:
             wire_flags |= c.L_O_EXCL
-        fid = await self._clone(parent)
+        fid = await self._clone_for_create(parent)
         try:
             created = await self._client.call(
                 m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid), m.Rlcreate

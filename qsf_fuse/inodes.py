@@ -67,6 +67,8 @@ class Node:
     parent: Node | None = None
     name: bytes = b""
     lookups: int = 0
+    # A clone of ref's fid kept ready for the next create in this directory.
+    spare: int | None = None
     # Cached attributes (a pyfuse3.EntryAttributes) and when they go stale.
     attrs: Any = None
     attrs_expiry: float = 0.0
@@ -168,6 +170,7 @@ class InodeMap:
         node.ref = FidRef(fid)
         if old is not None:
             self._retire(old)
+            self.drop_spare(node)
         if node is not self.root:
             self._with_fid[node.inode] = node
             self._with_fid.move_to_end(node.inode)
@@ -184,6 +187,7 @@ class InodeMap:
                 continue
             ref, node.ref = node.ref, None
             self._retire(ref)
+            self.drop_spare(node)
         for node in busy:
             self._with_fid[node.inode] = node
             self._with_fid.move_to_end(node.inode, last=False)
@@ -207,6 +211,7 @@ class InodeMap:
         if node.ref is not None:
             ref, node.ref = node.ref, None
             self._retire(ref)
+        self.drop_spare(node)
 
     @contextmanager
     def hold(self, node: Node) -> Iterator[int]:
@@ -224,6 +229,23 @@ class InodeMap:
             if ref.retired and ref.users == 0:
                 self._on_unused(ref.fid)
 
+    def take_spare(self, node: Node) -> int | None:
+        """The spare clone of node's fid, if one is ready (it is the caller's now)."""
+        spare, node.spare = node.spare, None
+        return spare
+
+    def set_spare(self, node: Node, fid: int) -> None:
+        """Keep fid, a clone of node's current fid, for later (released if not wanted)."""
+        if node.spare is not None or node.ref is None or self._nodes.get(node.inode) is not node:
+            self._on_unused(fid)
+            return
+        node.spare = fid
+
+    def drop_spare(self, node: Node) -> None:
+        if node.spare is not None:
+            self._on_unused(node.spare)
+            node.spare = None
+
     def _retire(self, ref: FidRef) -> None:
         if ref.retired:
             return
@@ -233,4 +255,5 @@ class InodeMap:
 
     def all_fids(self) -> list[int]:
         """The fids of every node still holding one (for the final clean-up)."""
-        return [node.ref.fid for node in self._nodes.values() if node.ref is not None]
+        fids = [node.ref.fid for node in self._nodes.values() if node.ref is not None]
+        return fids + [node.spare for node in self._nodes.values() if node.spare is not None]

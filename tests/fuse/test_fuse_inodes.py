@@ -120,3 +120,19 @@ def test_options() -> None:
                 "fsname=a,b", "max_fids=1"):
         with pytest.raises(UsageError):
             parse_options([bad], "/mnt")
+
+
+def test_spare_clones_go_with_their_fid() -> None:
+    nodes, clunked = make(max_fids=2)
+    directory = nodes.remember(qid(5, True), 10, nodes.root, b"d")
+    nodes.set_spare(directory, 11)
+    nodes.set_spare(directory, 12)  # one is enough: the second goes back
+    assert clunked == [12] and nodes.take_spare(directory) == 11
+    assert nodes.take_spare(directory) is None
+    nodes.set_spare(directory, 13)
+    assert 13 in nodes.all_fids()
+    nodes.replace_fid(directory, 14, nodes.root, b"d")  # a clone of the old fid is stale
+    assert clunked == [12, 10, 13]
+    nodes.set_spare(directory, 15)
+    nodes.forget(directory.inode, 1)
+    assert clunked == [12, 10, 13, 14, 15]
