@@ -233,7 +233,7 @@ def test_guest_umount_ends_the_server(share: Share) -> None:
 
 
 def test_guest_server_killed_mid_transfer_gives_eio(share: Share) -> None:
-    writer = share.sh("(dd if=/dev/zero of=stream bs=64k count=100000 conv=fsync "
+    writer = share.sh("(dd if=/dev/zero of=stream bs=64k count=4000 conv=fsync "
                       "2>/tmp/dd.err; echo $? > /tmp/dd.rc) >/dev/null 2>&1 & echo started")
     writer.check()
     deadline = time.monotonic() + 60
