@@ -16,10 +16,10 @@ from .inodes import DEFAULT_MAX_FIDS
 # Flags handed to the kernel unchanged (pyfuse3.init accepts these).
 _KERNEL_FLAGS: Final = frozenset(
     {"ro", "rw", "allow_other", "allow_root", "noexec", "exec", "noatime", "sync", "async",
-     "dirsync", "auto_unmount"}
+     "dirsync", "auto_unmount", "default_permissions"}
 )
 # Always set: the server is another qube, its files must not act as devices or setuid programs.
-FORCED_FLAGS: Final = ("default_permissions", "nodev", "nosuid")
+FORCED_FLAGS: Final = ("nodev", "nosuid")
 _REFUSED: Final = frozenset({"dev", "suid"})
 
 OPTIONS_HELP: Final = """\
@@ -35,9 +35,14 @@ mount options (-o, comma-separated):
   ignoreqv           use the page cache even for files whose qid.version is 0
   max_fids=N         fids kept open on the server for known files (default 4096);
                      beyond that the least recently used are walked again
+  default_permissions
+                     let the kernel check permissions against the file modes it
+                     caches too (by default the server checks them: it is
+                     the authority, and the kernel then needs no fresh
+                     directory attributes before every lookup)
   ro, allow_other, allow_root, noexec, noatime, sync, dirsync, auto_unmount
                      passed to the kernel
-Always set: default_permissions, nodev, nosuid.
+Always set: nodev, nosuid.
 Locks (fcntl, flock) on a qsf-fuse mount are local to this client: they are not
 sent to the server, so they do not exclude programs in the server qube."""
 

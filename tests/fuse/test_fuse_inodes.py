@@ -109,7 +109,8 @@ def test_every_fid_is_clunked_exactly_once(ops: list[tuple[str, int, int]]) -> N
 def test_options() -> None:
     config = parse_options(
         ["aname=/srv/x,uname=user,timeout=2.5", "request_timeout=0,msize=65536,ro",
-         "fsname=qvm://work/home/user/Documents,subtype=qsf,allow_other,ignoreqv"], "/mnt")
+         "fsname=qvm://work/home/user/Documents,subtype=qsf,allow_other,ignoreqv",
+         "default_permissions"], "/mnt")
     assert config.aname == b"/srv/x" and config.uname == b"user"
     assert config.cache_timeout == 2.5 and config.request_timeout == 0
     assert config.msize == 65536 and config.ignoreqv

@@ -307,7 +307,10 @@ def test_unprivileged_client(workdir: Path) -> None:
     try:
         script = (
             "set -e; cd \"$1\"; mkdir d; echo hello > d/f; cat d/f; mv d/f d/g;"
-            " ln -s g d/s; cat d/s; chmod 600 d/g; ls -l d | wc -l; rm -r d"
+            " ln -s g d/s; cat d/s; chmod 600 d/g; ls -l d | wc -l;"
+            # Permissions hold for the owner too (the server checks; access(2) agrees).
+            " chmod 000 d/g; if cat d/g 2>/dev/null; then exit 7; fi;"
+            " if test -r d/g; then exit 8; fi; chmod 600 d/g; test -r d/g; rm -r d"
         )
         result = subprocess.run(support.as_user(["sh", "-c", script, "sh", str(mount.mnt)]),
                                 capture_output=True, text=True, timeout=60)
