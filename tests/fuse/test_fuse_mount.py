@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import shlex
 import socket
@@ -323,3 +324,29 @@ def test_unprivileged_client(workdir: Path) -> None:
         servers = mount.server_pids()
         unmount(mount)
         assert_gone(servers)
+
+
+def test_unversioned_files_bypass_the_page_cache(mounted: Mount) -> None:
+    """diod sends qid.version 0: such files get direct I/O (no page cache), as with v9fs.
+
+    Direct I/O is visible to programs in one way: the kernel refuses a shared
+    writable mmap of such a file (ENODEV). qsf-server versions its files.
+    """
+    (mounted.export / "f").write_bytes(b"x" * 8192)
+    with open(mounted.mnt / "f", "r+b") as f:
+        if mounted.server.name == "diod":
+            with pytest.raises(OSError) as error:
+                mmap.mmap(f.fileno(), 0)
+            assert error.value.errno == errno.ENODEV
+        else:
+            with mmap.mmap(f.fileno(), 0) as view:
+                view[:1] = b"y"
+    # Every read of an unversioned file goes to the server: a change shows at once.
+    fd = os.open(mounted.mnt / "f", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1, 0) in (b"x", b"y")
+        (mounted.export / "f").write_bytes(b"z" * 8192)
+        if mounted.server.name == "diod":
+            assert os.pread(fd, 1, 0) == b"z"
+    finally:
+        os.close(fd)
