@@ -298,11 +298,14 @@ def unmount(system: System, mountpoint: str) -> int:
     share = next((s for s in mounts.shares(system.read_mounts()) if s.mountpoint == path), None)
     if share is None:
         raise Failure(EXIT_MOUNT_POINT, f"{path} is not a qsf share (see --list)")
-    if share.is_fuse:
-        program = system.find_program("fusermount3") or system.find_program("fusermount")
-        argv = [program or "fusermount", "-u", path]
-    else:
-        argv = [system.find_program("umount") or "umount", path]
+    if not share.is_fuse:
+        try:
+            system.kernel_unmount(path)
+        except OSError as error:
+            raise Failure(EXIT_FAILURE, f"unmounting {path} failed: {error}") from None
+        return EXIT_OK
+    program = system.find_program("fusermount3") or system.find_program("fusermount")
+    argv = [program or "fusermount", "-u", path]
     status = system.run(argv)
     if status != 0:
         raise Failure(EXIT_FAILURE, f"unmounting {path} failed ({argv[0]} exit {status})")

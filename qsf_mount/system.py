@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
+import qsf_kmount
+
 ABORT_GRACE: Final = 3.0  # seconds qrexec-client-vm gets to end after each step of abort()
 # The server qube answers after asking dom0 (which it gives 60 s): no answer in
 # this time is no answer at all.
@@ -73,6 +75,10 @@ class System(Protocol):
 
     def kernel_mount(self) -> KernelMount | None:
         """The kernel backend's mount function, if this qube has one."""
+        ...
+
+    def kernel_unmount(self, mountpoint: str) -> None:
+        """Unmount a v9fs share (through sudo when not root); raises OSError."""
         ...
 
     def kernel_availability(self) -> tuple[bool, str]:
@@ -197,32 +203,17 @@ class RealSystem:
         return _status(subprocess.run(list(argv), pass_fds=tuple(pass_fds), check=False).returncode)
 
     def kernel_mount(self) -> KernelMount | None:
-        return kernel_backend()
+        return qsf_kmount.mount
 
     def kernel_availability(self) -> tuple[bool, str]:
-        if kernel_backend() is None:
-            return False, "the kernel backend (qsf_kmount) is not installed"
-        import qsf_kmount
+        return qsf_kmount.availability()
 
-        availability = getattr(qsf_kmount, "availability", None)
-        if not callable(availability):
-            return False, "qsf_kmount cannot tell whether v9fs is usable"
-        usable, reason = availability()
-        return bool(usable), str(reason)
+    def kernel_unmount(self, mountpoint: str) -> None:
+        qsf_kmount.unmount(mountpoint)
 
     def read_mounts(self) -> str:
         with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as table:
             return table.read()
-
-
-def kernel_backend() -> KernelMount | None:
-    """qsf_kmount.mount when the kernel backend provides it, else None."""
-    try:
-        import qsf_kmount
-    except ImportError:
-        return None
-    mount = getattr(qsf_kmount, "mount", None)
-    return mount if callable(mount) else None
 
 
 class KernelMount(Protocol):

@@ -113,8 +113,6 @@ def _host_cmdlines() -> list[str]:
     return [c for c in found if "qsf_server" in c or "qsf-server" in c]
 
 
-@pytest.mark.xfail(strict=True, reason="qsf_mount runs umount without sudo for a kernel "
-                   "share (must be superuser); qsf_kmount.unmount does it right")
 def test_guest_qvm_mount_folder_unmount_kernel_share(guest_sim: Sim, rig: Rig) -> None:
     share = guest_sim.home("server") / "share"
     mnt = rig.mountpoint()

@@ -76,6 +76,9 @@ class FakeSystem:
     def kernel_availability(self) -> tuple[bool, str]:
         return (True, "usable") if self.kernel else (False, "no v9fs in this kernel")
 
+    def kernel_unmount(self, mountpoint: str) -> None:
+        self.expected("kernel_unmount", mountpoint)
+
     def mount_point_problem(self, path: str) -> str | None:
         return self.expected("mount_point_problem", path)  # type: ignore[no-any-return]
 
@@ -361,8 +364,15 @@ def test_unmount_fuse_and_kernel() -> None:
                          ("run", (["/usr/bin/fusermount3", "-u", "/mnt/share"], ()), 0)])
     assert run(system, ["--unmount", "/mnt/share"]) == 0
     system = FakeSystem([("read_mounts", (), MOUNT_TABLE),
-                         ("run", (["umount", "/mnt/k"], ()), 0)])
+                         ("kernel_unmount", ("/mnt/k",), None)])
     assert run(system, ["--unmount", "/mnt/k/"]) == 0
+
+
+def test_kernel_unmount_failure_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem([("read_mounts", (), MOUNT_TABLE),
+                         ("kernel_unmount", ("/mnt/k",), OSError(16, "target is busy"))])
+    assert run(system, ["--unmount", "/mnt/k"]) == 1
+    assert "target is busy" in capsys.readouterr().err
 
 
 def test_unmount_refuses_what_is_not_a_share(capsys: pytest.CaptureFixture[str]) -> None:
