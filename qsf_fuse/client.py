@@ -142,11 +142,6 @@ def _check_rreaddir(request: m.Message, reply: m.Message, msize: int) -> None:
         raise BadReply(f"Rreaddir of {used} bytes for {request.count} asked")
 
 
-def _check_ropen(request: m.Message, reply: m.Message, msize: int) -> None:
-    assert isinstance(reply, m.Rlopen | m.Rlcreate)
-    # iounit is only a hint; Opened clamps it, nothing to reject here.
-
-
 def _check_rxattrwalk(request: m.Message, reply: m.Message, msize: int) -> None:
     assert isinstance(reply, m.Rxattrwalk)
     if reply.size > XATTR_SIZE_MAX:
@@ -172,8 +167,6 @@ _CHECKS = {
     m.Rread: _check_rread,
     m.Rwrite: _check_rwrite,
     m.Rreaddir: _check_rreaddir,
-    m.Rlopen: _check_ropen,
-    m.Rlcreate: _check_ropen,
     m.Rxattrwalk: _check_rxattrwalk,
     m.Rreadlink: _check_rreadlink,
     m.Rgetattr: _check_rgetattr,
@@ -186,17 +179,25 @@ class FidPool:
     def __init__(self, first: int = 1) -> None:
         self._next = first
         self._free: list[int] = []
+        self._in_use: set[int] = set()
 
     def allocate(self) -> int:
         if self._free:
-            return self._free.pop()
-        if self._next >= c.NOFID:
+            fid = self._free.pop()
+        elif self._next >= c.NOFID:
             raise P9Error(errno.EMFILE, "out of fid numbers")
-        fid = self._next
-        self._next += 1
+        else:
+            fid = self._next
+            self._next += 1
+        self._in_use.add(fid)
         return fid
 
     def release(self, fid: int) -> None:
+        # Given back twice, a number would name two files at once: refuse.
+        if fid not in self._in_use:
+            log.error("fid %d released but not in use", fid)
+            return
+        self._in_use.remove(fid)
         self._free.append(fid)
 
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from qsf_fuse.client import P9Client, P9Error
+from qsf_fuse.client import FidPool, P9Client, P9Error
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
 from qsf_p9.codec import EOF, NEED_DATA, Decoder, encode
@@ -301,3 +301,12 @@ async def test_long_walks_are_split() -> None:
         assert (first.fid, first.newfid) == (0, newfid)
         assert (second.fid, second.newfid) == (newfid, newfid)
         nursery.cancel_scope.cancel()
+
+
+def test_fid_numbers_are_never_given_out_twice() -> None:
+    pool = FidPool()
+    first, second = pool.allocate(), pool.allocate()
+    pool.release(first)
+    pool.release(first)  # a second release is refused, not queued twice
+    assert pool.allocate() == first
+    assert pool.allocate() not in (first, second)
