@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import support
-from guest_kernels import KERNELS, GuestKernelError, KernelSpec, prepare
+from guest_kernels import KERNELS, GuestKernel, GuestKernelError, KernelSpec, prepare
 from guest_rig import Guest, GuestError, Result
 from guest_services import ServiceHub
 
@@ -102,6 +102,45 @@ def _boot_failure(message: str) -> None:
     pytest.skip(f"the guest cannot boot: {message}")
 
 
+class MuxStartError(Exception):
+    """The mux's guest end did not start in a booted guest."""
+
+
+def start_rig(kernel: GuestKernel, workdir: Path) -> Rig:
+    """Boot a guest on `kernel` and start the mux at both ends, towards a new hub.
+
+    Raises GuestError if the guest does not boot, MuxStartError if the guest's
+    mux end does not start; either way nothing is left running.
+    """
+    guest = Guest(kernel, workdir)
+    hub = ServiceHub(workdir / "hub.sock", workdir / "services.log")
+    rig = Rig(guest, hub, workdir, kernel.label)
+    try:
+        guest.start()
+        rig.connect_port(hub.path)
+        guest_mux = shlex.join([sys.executable, "-m", "qsf_sim.mux", "guest",
+                                "--port-name", "qsf.qrexec", "--listen", GUEST_MUX_SOCKET])
+        guest.sh(f"cd {shlex.quote(str(support.REPO))} && setsid {guest_mux} "
+                 f"</dev/null >/tmp/mux-guest.log 2>&1 &").check()
+        deadline = time.monotonic() + 30
+        while guest.run(["test", "-S", GUEST_MUX_SOCKET]).rc != 0:
+            if time.monotonic() > deadline:
+                log = guest.run(["cat", "/tmp/mux-guest.log"]).out
+                raise MuxStartError(f"the guest's mux end did not start: {log}")
+            time.sleep(0.2)
+    except BaseException:
+        stop_rig(rig)
+        raise
+    return rig
+
+
+def stop_rig(rig: Rig) -> None:
+    """Stop the guest, the hub (and its services) and the mux's host end."""
+    rig.guest.stop()
+    rig.hub.close()
+    rig.stop_mux_host()
+
+
 @pytest.fixture(scope="session", params=KERNELS, ids=[k.label for k in KERNELS])
 def rig(request: pytest.FixtureRequest,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
@@ -114,30 +153,16 @@ def rig(request: pytest.FixtureRequest,
         support.missing(f"guest kernel {spec.label}: {error}")
         raise AssertionError("unreachable") from error
     workdir = tmp_path_factory.mktemp(f"guest-{spec.label}")
-    guest = Guest(kernel, workdir)
-    hub = ServiceHub(workdir / "hub.sock", workdir / "services.log")
-    rig = Rig(guest, hub, workdir, spec.label)
     try:
-        try:
-            guest.start()
-        except GuestError as error:
-            _boot_failure(str(error))
-        rig.connect_port(hub.path)
-        guest_mux = shlex.join([sys.executable, "-m", "qsf_sim.mux", "guest",
-                                "--port-name", "qsf.qrexec", "--listen", GUEST_MUX_SOCKET])
-        guest.sh(f"cd {shlex.quote(str(support.REPO))} && setsid {guest_mux} "
-                 f"</dev/null >/tmp/mux-guest.log 2>&1 &").check()
-        deadline = time.monotonic() + 30
-        while guest.run(["test", "-S", GUEST_MUX_SOCKET]).rc != 0:
-            if time.monotonic() > deadline:
-                log = guest.run(["cat", "/tmp/mux-guest.log"]).out
-                pytest.fail(f"the guest's mux end did not start: {log}")
-            time.sleep(0.2)
+        rig = start_rig(kernel, workdir)
+    except GuestError as error:
+        _boot_failure(str(error))
+    except MuxStartError as error:
+        pytest.fail(str(error))
+    try:
         yield rig
     finally:
-        guest.stop()
-        hub.close()
-        rig.stop_mux_host()
+        stop_rig(rig)
 
 
 @pytest.fixture
