@@ -174,23 +174,27 @@ class InodeMap:
         if node is not self.root:
             self._with_fid[node.inode] = node
             self._with_fid.move_to_end(node.inode)
-            self.evict()
+            self.evict(keep=node)
 
-    def evict(self) -> None:
-        """Release the fids of the least recently used idle nodes beyond max_fids."""
+    def evict(self, keep: Node | None = None) -> None:
+        """Release the fids of the least recently used idle nodes beyond max_fids.
+
+        Nodes whose fid is in use, and keep (which just got its fid), stay: the
+        limit may be exceeded while that many are busy.
+        """
         busy: list[Node] = []
         while len(self._with_fid) + len(busy) > self._max_fids and self._with_fid:
             _, node = self._with_fid.popitem(last=False)
             assert node.ref is not None
-            if node.ref.users:
+            if node.ref.users or node is keep:
                 busy.append(node)
                 continue
             ref, node.ref = node.ref, None
             self._retire(ref)
             self.drop_spare(node)
-        for node in busy:
+        for node in reversed(busy):  # back in their order; keep stays the most recent
             self._with_fid[node.inode] = node
-            self._with_fid.move_to_end(node.inode, last=False)
+            self._with_fid.move_to_end(node.inode, last=node is keep)
 
     def forget(self, inode: int, count: int) -> None:
         """The kernel dropped count lookups of inode. Never raises."""
@@ -218,7 +222,7 @@ class InodeMap:
         """Use node's current fid (it must have one); not clunked before the block ends."""
         ref = node.ref
         if ref is None:
-            raise UnknownInode(node.inode)
+            raise RuntimeError(f"inode {node.inode} has no fid to hold")
         ref.users += 1
         if node.inode in self._with_fid:
             self._with_fid.move_to_end(node.inode)

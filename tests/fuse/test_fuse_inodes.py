@@ -137,3 +137,17 @@ def test_spare_clones_go_with_their_fid() -> None:
     nodes.set_spare(directory, 15)
     nodes.forget(directory.inode, 1)
     assert clunked == [12, 10, 13, 14, 15]
+
+
+def test_a_node_given_a_fid_keeps_it_while_all_others_are_busy() -> None:
+    nodes, clunked = make(max_fids=2)
+    a = nodes.remember(qid(1), 11, nodes.root, b"a")
+    b = nodes.remember(qid(2), 12, nodes.root, b"b")
+    with nodes.hold(a), nodes.hold(b):
+        c = nodes.remember(qid(3), 13, nodes.root, b"c")
+        assert c.ref is not None and c.ref.fid == 13
+        assert clunked == []
+    # Once idle, the least recently used go first, never the newest.
+    d = nodes.remember(qid(4), 14, nodes.root, b"d")
+    assert d.ref is not None and c.ref is not None
+    assert a.ref is None and b.ref is None and sorted(clunked) == [11, 12]
