@@ -276,12 +276,11 @@ def test_ten_thousand_entries(pair: Pair) -> None:
 
 
 def test_as_unprivileged_user(module_mount: Mount) -> None:
-    """Programs as uid 1000 on a mount made by root with allow_other... not set: refused."""
+    """Another user (uid 1000) cannot enter root's mount: no allow_other, FUSE's own rule."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     result = subprocess.run(support.as_user(["ls", str(module_mount.mnt)]),
                             capture_output=True, text=True, timeout=30)
-    # Without allow_other only the user who mounted may enter (FUSE's own rule).
     assert result.returncode != 0
     assert "Permission denied" in result.stderr
 
