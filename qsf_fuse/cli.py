@@ -173,7 +173,7 @@ async def _mount_and_serve(
 
 def serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted; MountError if the mount could not be made."""
-    unresponsive = True
+    unresponsive = False
     try:
         unresponsive = trio.run(_serve, config, channel, ready)
     finally:
