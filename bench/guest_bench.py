@@ -243,9 +243,16 @@ def ratio(sample: Sample, medians: list[Sample]) -> str:
     return "-"
 
 
-def table(medians: list[Sample], markdown: bool) -> str:
-    header = ["workload", "server", "time", "rate", "qsf/diod", "server CPU"]
-    rows = [[sample.workload, sample.config, f"{sample.seconds:.2f} s",
+def spread(sample: Sample, samples: list[Sample]) -> str:
+    """The fastest and slowest time of sample's (config, workload) over the rounds."""
+    times = [s.seconds for s in samples
+             if s.config == sample.config and s.workload == sample.workload]
+    return f"{min(times):.2f}-{max(times):.2f} s"
+
+
+def table(medians: list[Sample], samples: list[Sample], markdown: bool) -> str:
+    header = ["workload", "server", "time", "min-max", "rate", "qsf/diod", "server CPU"]
+    rows = [[sample.workload, sample.config, f"{sample.seconds:.2f} s", spread(sample, samples),
              f"{sample.rate:,.1f} {sample.unit}",
              ratio(sample, medians) if sample.server == "qsf" else "",
              f"{sample.server_cpu_percent:.0f}%"]
@@ -297,7 +304,7 @@ def main(args: list[str] | None = None) -> int:
           f"{size.files} files, tree {size.tree}: {make_tree(size.tree).files} files), "
           f"{rounds} rounds, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# host: {machine()}, load average {os.getloadavg()[0]:.1f}")
-    print(table(medians, options.markdown))
+    print(table(medians, samples, options.markdown))
     if options.json:
         options.json.write_text(json.dumps(
             {"samples": [asdict(s) for s in samples], "medians": [asdict(s) for s in medians]},
