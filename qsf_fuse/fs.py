@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # Readdirplus entries resolved (walk + getattr) concurrently.
 READDIR_BATCH: Final = 32
+# An extended attribute asked of a listed file (`ls -l`) is asked of this many of
+# the files listed after it at once, in the background.
+XATTR_READ_AHEAD: Final = 64
 # A directory listing longer than this is cut (a server could list forever).
 MAX_DIR_ENTRIES: Final = 1_000_000
 MIN_IOUNIT: Final = 4096
@@ -110,6 +113,8 @@ class OpenDir:
     ready: dict[int, tuple[bytes, pyfuse3.EntryAttributes] | None] = field(
         default_factory=dict
     )
+    # The nodes handed to the kernel, in listing order (for the xattr read-ahead).
+    listed: list[Node] = field(default_factory=list)
 
 
 class Operations(pyfuse3.Operations):
@@ -136,6 +141,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         # Messages the server answered EOPNOTSUPP to: their fallbacks are used directly.
         self._unsupported: set[type[m.Message]] = set()
+        # Extended attribute names a read-ahead found on a file: not read ahead again.
+        self._xattrs_present: set[bytes] = set()
 
     # -- helpers -----------------------------------------------------------
 
@@ -657,6 +664,7 @@ class Operations(pyfuse3.Operations):
                 directory.entries.clear()
                 directory.cookie = 0
                 directory.eof = False
+                directory.listed = []
             position = start_id
             while True:
                 while position >= len(directory.entries) and not directory.eof:
@@ -678,7 +686,17 @@ class Operations(pyfuse3.Operations):
                         # The kernel's buffer is full: keep it for the next call.
                         directory.ready[position + index] = item
                         return
+                    if name not in (b".", b".."):
+                        self._note_listed(directory, attrs.st_ino)
                 position += len(batch)
+
+    def _note_listed(self, directory: OpenDir, inode: int) -> None:
+        """Remember where inode's node came in its directory's listing."""
+        if inode not in self._nodes:
+            return
+        node = self._nodes.get(inode)
+        node.extra["listing"] = (directory.listed, len(directory.listed))
+        directory.listed.append(node)
 
     def _drop_ready(self, directory: OpenDir) -> None:
         """Give back the lookups of entries resolved but never sent."""
@@ -822,20 +840,89 @@ class Operations(pyfuse3.Operations):
         node = self._nodes.get(inode)
         if not name or b"\0" in name:
             raise P9Error(errno.EINVAL)
-        # "No such attribute" is remembered as long as attributes are (ls -l asks
-        # every file for security.selinux and system.posix_acl_access).
-        now = trio.current_time()
-        absent: dict[bytes, float] = node.extra.setdefault("absent_xattrs", {})
-        if absent.get(name, 0.0) > now:
+        pending: dict[bytes, trio.Event] = node.extra.get("xattr_pending", {})
+        if name in pending:  # asked already by the read-ahead
+            await pending[name].wait()
+        if self._known_absent(node, name):
             raise P9Error(errno.ENODATA)
+        self._read_ahead_xattr(node, name)
+        return await self._fetch_xattr(node, name)
+
+    # "No such attribute" is remembered as long as attributes are (cache_timeout),
+    # and forgotten on any setxattr/removexattr through this mount: `ls -l` asks
+    # every file for security.selinux and system.posix_acl_access, one after the
+    # other, and a server rarely has them.
+
+    def _known_absent(self, node: Node, name: bytes) -> bool:
+        absent: dict[bytes, float] = node.extra.get("absent_xattrs", {})
+        return absent.get(name, 0.0) > trio.current_time()
+
+    async def _fetch_xattr(self, node: Node, name: bytes) -> bytes:
+        """The value from the server; its absence is remembered."""
+        generation = node.extra.get("xattr_generation", 0)
         try:
             return await self._read_xattr(node, name)
         except P9Error as error:
-            if error.errno == errno.ENODATA and self._options.cache_timeout > 0:
-                if len(absent) > 64:
-                    absent.clear()
-                absent[name] = now + self._options.cache_timeout
+            if error.errno == errno.ENODATA:
+                self._note_absent(node, name, generation)
             raise
+
+    def _note_absent(self, node: Node, name: bytes, generation: int) -> None:
+        if self._options.cache_timeout <= 0 or node.extra.get("xattr_generation", 0) != generation:
+            return  # written meanwhile: the answer may be old
+        absent: dict[bytes, float] = node.extra.setdefault("absent_xattrs", {})
+        if len(absent) > 64:
+            absent.clear()
+        absent[name] = trio.current_time() + self._options.cache_timeout
+
+    def _read_ahead_xattr(self, node: Node, name: bytes) -> None:
+        """Ask name of the files listed after node, in the background.
+
+        A program that asks an attribute of one file of a listing (`ls -l`) asks
+        it of the next ones too, one round trip at a time: asked together, the
+        absent ones are answered from the cache. Only files holding a fid are
+        asked (no walk), and only names found absent are remembered.
+        """
+        listing = node.extra.get("listing")
+        if listing is None or self._options.cache_timeout <= 0 or name in self._xattrs_present:
+            return
+        listed, index = listing
+        window: list[tuple[Node, trio.Event]] = []
+        for sibling in listed[index + 1 : index + 1 + XATTR_READ_AHEAD]:
+            if sibling.lookups <= 0 or sibling.ref is None or sibling.inode not in self._nodes:
+                continue  # forgotten, or without a fid
+            pending: dict[bytes, trio.Event] = sibling.extra.setdefault("xattr_pending", {})
+            if name in pending or self._known_absent(sibling, name):
+                continue
+            pending[name] = trio.Event()
+            window.append((sibling, pending[name]))
+        if window:
+            self._nursery.start_soon(self._prefetch_xattr, window, name)
+
+    async def _prefetch_xattr(self, window: list[tuple[Node, trio.Event]], name: bytes) -> None:
+        async def ask(node: Node, done: trio.Event) -> None:
+            generation = node.extra.get("xattr_generation", 0)
+            try:
+                async with self._use(node) as fid:
+                    xfid, _ = await self._client.xattrwalk(fid, name)
+                # Present: the value is fetched when asked (only absence is cached);
+                # read-ahead of this name is no use on this mount.
+                self._release_fid(xfid)
+                self._xattrs_present.add(name)
+            except P9Error as error:
+                if error.errno == errno.ENODATA:
+                    self._note_absent(node, name, generation)
+            except UnknownInode:
+                pass
+            finally:
+                pending: dict[bytes, trio.Event] = node.extra.get("xattr_pending", {})
+                if pending.get(name) is done:
+                    del pending[name]
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            for node, done in window:
+                nursery.start_soon(ask, node, done)
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
@@ -849,6 +936,7 @@ class Operations(pyfuse3.Operations):
         if len(value) > XATTR_SIZE_MAX:
             raise P9Error(errno.E2BIG)
         node.extra.pop("absent_xattrs", None)
+        node.extra["xattr_generation"] = node.extra.get("xattr_generation", 0) + 1
         fid = await self._clone(node)
         try:
             await self._client.call(
