@@ -6,7 +6,8 @@ PYTEST := $(QSF_VENV)/bin/pytest
 SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
-.PHONY: help install test demo lint fuzz test-long bench bench-server test-guest
+.PHONY: help install test demo lint fuzz test-long bench bench-server bench-fuse bench-guest \
+	bench-codec test-guest
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
@@ -16,6 +17,9 @@ help:
 	@echo "make fuzz        the long runs: tests marked slow (hypothesis profile 'long'), then"
 	@echo "                 the coverage-guided 9P decoder fuzzer for FUZZ_SECONDS (600)"
 	@echo "make bench       server benchmark, qsf-server vs diod (SIZE=tiny|small|medium|large)"
+	@echo "make bench-fuse  FUSE mount benchmark, qsf-fuse vs sshfs vs local (SIZE=tiny|small|medium)"
+	@echo "make bench-guest kernel v9fs client in a QEMU guest, qsf-server vs diod (SIZE=...)"
+	@echo "make bench-codec qsf_p9 codec micro-benchmark"
 	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
 
 install:
@@ -38,6 +42,15 @@ fuzz test-long: install
 
 bench bench-server: install
 	$(PYTHON) -m bench.server --size $(SIZE) --markdown
+
+bench-fuse: install
+	$(PYTHON) -m bench.fuse_bench --size $(SIZE) --markdown
+
+bench-guest: install
+	$(PYTHON) -m bench.guest_bench --size $(SIZE) --markdown
+
+bench-codec: install
+	$(PYTHON) bench/codec_micro.py
 
 test-guest: install
 	$(PYTEST) -m guest
