@@ -154,12 +154,14 @@ async def _mount_and_serve(
         FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
                   max_fids=config.max_fids),
     )
+    # Listening before the mount appears: a signal sent as soon as it is seen is
+    # handled (it is taken once pyfuse3.main runs), not fatal.
+    await nursery.start(_watch_signals)
     try:
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())
     except RuntimeError as error:
         return MountError(f"cannot mount on {config.mountpoint}: {error}")
     try:
-        await nursery.start(_watch_signals)
         ready()
         await pyfuse3.main()
     finally:

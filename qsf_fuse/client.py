@@ -421,6 +421,62 @@ class P9Client:
             raise CallTimeout(request)
         return call
 
+    async def call_chain(self, requests: Sequence[m.Message]) -> list[m.Message | P9Error]:
+        """Send requests back to back, then wait for every reply: one round trip.
+
+        Returns each request's checked reply or its P9Error, in order. A
+        request may use a fid that an earlier one creates or turns into
+        something else: a server that answers in order (qsf-server, Linux's
+        v9fs peers) runs it on the result; one that does not answers it for
+        the fid as it was, so the caller checks. Raises ConnectionLost only if
+        the connection is gone before anything was sent.
+        """
+        if self._failure is not None:
+            raise ConnectionLost(self._failure)
+        posted: list[tuple[int, _Call]] = []
+        sent: set[int] = set()
+        taken = 0
+        try:
+            for request in requests:
+                try:
+                    self._slots.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._slots.acquire()
+                taken += 1
+                tag = self._allocate_tag()
+                frame = encode(tag, request)
+                if len(frame) > self.msize:
+                    raise P9Error(errno.EINVAL, f"{type(request).__name__} larger than msize")
+                call = _Call(request)
+                self._calls[tag] = call
+                posted.append((tag, call))
+                try:
+                    self._outbox_send.send_nowait(frame)
+                except trio.WouldBlock:
+                    await self._outbox_send.send(frame)
+                sent.add(tag)
+            deadline = trio.current_time() + self.timeout
+            results: list[m.Message | P9Error] = []
+            for _, call in posted:
+                with trio.move_on_at(deadline):
+                    await call.done.wait()
+                if not call.done.is_set():
+                    results.append(CallTimeout(call.request))
+                elif call.failure is not None:
+                    results.append(call.failure)
+                else:
+                    assert call.reply is not None
+                    results.append(call.reply)
+            return results
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ConnectionLost(self._failure or "the writer stopped") from None
+        finally:
+            for tag, call in posted:
+                if not call.done.is_set() and not call.abandoned:
+                    self._abandon(tag, call, tag in sent)
+            for _ in range(taken):
+                self._slots.release()
+
     def _abandon(self, tag: int, call: _Call, sent: bool) -> None:
         """The caller stopped waiting (cancelled or timed out)."""
         if not sent or self._failure is not None:

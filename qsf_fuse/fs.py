@@ -530,10 +530,22 @@ class Operations(pyfuse3.Operations):
             wire_flags |= c.L_O_EXCL
         fid = await self._clone_for_create(parent)
         try:
-            created = await self._client.call(
-                m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid), m.Rlcreate
+            # The Tgetattr goes right behind the Tlcreate (one round trip): the fid is
+            # the new file once Tlcreate succeeded, and its answer is ignored otherwise.
+            lcreate = m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid)
+            created_or_error, reply_or_error = await self._client.call_chain(
+                [lcreate, m.Tgetattr(fid, c.GETATTR_BASIC)]
             )
-            reply = await self._getattr_fid(fid)
+            if isinstance(created_or_error, P9Error):
+                raise created_or_error
+            assert isinstance(created_or_error, m.Rlcreate)
+            created = created_or_error
+            if (isinstance(reply_or_error, m.Rgetattr)
+                    and reply_or_error.qid.path == created.qid.path):
+                reply = reply_or_error
+            else:
+                # A server that ran the getattr first (diod's threads): ask again.
+                reply = await self._getattr_fid(fid)
             if reply.qid.path != created.qid.path or not stat.S_ISREG(reply.mode):
                 raise BadReply("Tlcreate made something else than a regular file")
         except BaseException:
@@ -954,7 +966,12 @@ class Operations(pyfuse3.Operations):
             self._release_fid(fid)
             raise
         # The attribute is set when the fid is clunked: that answer is the result.
-        await self._client.clunk(fid)
+        try:
+            await self._client.clunk(fid)
+        finally:
+            # An absence read while the write was under way is not kept either.
+            node.extra.pop("absent_xattrs", None)
+            node.extra["xattr_generation"] += 1
 
     @_boundary
     async def setxattr(
