@@ -470,6 +470,21 @@ class P9Client:
             return results
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ConnectionLost(self._failure or "the writer stopped") from None
+        except BaseException:
+            # The caller sees no result: undo what the requests create, now or when
+            # their late replies come.
+            for tag, call in posted:
+                if not call.done.is_set():
+                    if tag in sent and not call.abandoned:
+                        self._abandon(tag, call, True)
+                        continue
+                    self._calls.pop(tag, None)
+                    if not self._calls:
+                        self._idle.set()
+                self._after_abandoned(call, call.reply)
+            for request in requests[len(posted):]:
+                self._after_abandoned(_Call(request), None)
+            raise
         finally:
             for tag, call in posted:
                 if not call.done.is_set() and not call.abandoned:
