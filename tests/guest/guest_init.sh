@@ -15,6 +15,7 @@ for word in $(cat /proc/cmdline); do
     case "$word" in
         qsf_python=*) PYTHON=${word#*=} ;;
         qsf_agent=*) AGENT=${word#*=} ;;
+        qsf_keep=*) KEEP=${word#*=} ;;
     esac
 done
 
@@ -24,8 +25,14 @@ for dir in proc sys dev; do mount -o bind "/$dir" "/host/$dir"; done
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
+# The checkout (the agent, the editable install) may lie under /tmp or /run,
+# which get a tmpfs here: keep it visible at its own path.
+if [ -n "$KEEP" ]; then mkdir -p /keep && mount -o bind "/host$KEEP" /keep; fi
 mount -t tmpfs -o mode=0755 tmpfs /host/run
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp
+if [ -n "$KEEP" ] && [ ! -d "/host$KEEP" ]; then
+    mkdir -p "/host$KEEP" && mount -o bind /keep "/host$KEEP"
+fi
 [ -d /host/etc/sudoers.d ] && mount -o bind /etc/sudoers.d /host/etc/sudoers.d
 
 port=

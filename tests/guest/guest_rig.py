@@ -22,6 +22,7 @@ from pathlib import Path
 from guest_kernels import GuestKernel
 
 AGENT = Path(__file__).with_name("guest_agent.py")
+REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 180.0
 QEMU = "qemu-system-x86_64"
 
@@ -70,10 +71,10 @@ class Guest:
         self._buffer = b""
 
     def qemu_argv(self) -> list[str]:
-        append = " ".join([
-            "console=ttyS0", "panic=-1", "quiet",
-            f"qsf_python={sys.executable}", f"qsf_agent={AGENT}",
-        ])
+        words = [f"qsf_python={sys.executable}", f"qsf_agent={AGENT}", f"qsf_keep={REPO}"]
+        if any(len(word.split()) != 1 for word in words):
+            raise GuestError(f"no white space allowed on the kernel command line: {words}")
+        append = " ".join(["console=ttyS0", "panic=-1", "quiet", *words])
         ports = []
         for index, (name, path) in enumerate((("qsf.control", self.control_socket),
                                               ("qsf.qrexec", self.qrexec_socket))):
