@@ -81,9 +81,25 @@ make_venv() {
     "$VENV/bin/pip" install -q --upgrade pip
 }
 
+# The checkout the venv's editable install points at now, if any.
+installed_checkout() {
+    "$VENV/bin/python" - <<'PY' 2>/dev/null || true
+import importlib.util, pathlib
+spec = importlib.util.find_spec("qsf_p9")
+if spec and spec.origin:
+    print(pathlib.Path(spec.origin).resolve().parent.parent)
+PY
+}
+
 install_project() {
     # Re-run every time: it is quick when nothing changed, and it points the
     # editable install at this checkout (CI clones elsewhere).
+    local previous
+    previous=$(cd / && installed_checkout)
+    if [[ -n $previous && $previous != "$REPO" ]]; then
+        say "note: $VENV pointed at $previous; it now runs this checkout ($REPO)." \
+            "Run $previous/scripts/install.sh to point it back, or set QSF_VENV."
+    fi
     local log
     log=$(mktemp)
     if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" >"$log" 2>&1; then
