@@ -81,3 +81,32 @@ async def test_unanswered_requests_time_out_and_are_flushed() -> None:
         assert results[0] == getattr_reply(1)
         assert isinstance(results[1], CallTimeout)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_chain_clunks_the_fid_its_walk_made() -> None:
+    async with trio.open_nursery() as nursery:
+        client, server = await connect(nursery)
+        newfid = client.fids.allocate()
+        with trio.CancelScope() as scope:
+
+            async def answer_walk_then_cancel() -> None:
+                walk_tag, walk = await server.request()
+                assert isinstance(walk, m.Twalk) and walk.newfid == newfid
+                await server.request()  # the Tgetattr, never answered
+                await server.reply(walk_tag, m.Rwalk((QID,)))
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+
+            nursery.start_soon(answer_walk_then_cancel)
+            await client.call_chain([m.Twalk(0, newfid, (b"f",)), m.Tgetattr(newfid, 1)])
+        assert scope.cancelled_caught
+        # The unanswered getattr is flushed, and the walked fid clunked.
+        seen: dict[type[m.Message], m.Message] = {}
+        for _ in range(2):
+            tag, request = await server.request()
+            seen[type(request)] = request
+            await server.reply(tag, m.Rflush() if isinstance(request, m.Tflush) else m.Rclunk())
+        clunk = seen[m.Tclunk]
+        assert isinstance(clunk, m.Tclunk) and clunk.fid == newfid
+        assert m.Tflush in seen
+        nursery.cancel_scope.cancel()
