@@ -6,13 +6,14 @@ PYTEST := $(QSF_VENV)/bin/pytest
 SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
-.PHONY: help install test demo lint fuzz test-long bench bench-server bench-fuse bench-guest \
+.PHONY: help install test demo demo-9p lint fuzz test-long bench bench-server bench-fuse bench-guest \
 	bench-codec test-guest
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
 	@echo "make test        the whole suite: pytest (without slow), ruff, mypy (scripts/test.sh)"
-	@echo "make demo        serve a sample folder and read it through diod's 9P clients"
+	@echo "make demo        share a folder between two simulated qubes (qvm-mount-folder, FUSE)"
+	@echo "make demo-9p     serve a sample folder and read it through diod's 9P clients"
 	@echo "make lint        ruff and mypy only"
 	@echo "make fuzz        the long runs: tests marked slow (hypothesis profile 'long'), then"
 	@echo "                 the coverage-guided 9P decoder fuzzer for FUZZ_SECONDS (600)"
@@ -30,6 +31,9 @@ test:
 
 demo:
 	bash scripts/demo.sh
+
+demo-9p:
+	bash scripts/demo_9p.sh
 
 lint: install
 	$(QSF_VENV)/bin/ruff check .

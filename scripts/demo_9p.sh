@@ -3,6 +3,7 @@
 # diodcat (Debian's diod: 9P2000.L clients that speak TCP only, so socat bridges
 # a loopback port to a qsf-server per connection). Cleans up after itself.
 set -euo pipefail
+bash "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 
 VENV=${QSF_VENV:-/opt/qsf-venv}
 SERVER=$VENV/bin/qsf-server
