@@ -187,14 +187,21 @@ class Connection:
                     reply = await self.session.handle(message)
                 # A worker thread finishes even when flushed: then no reply, ever.
                 await trio.lowlevel.checkpoint_if_cancelled()
+                # The client may reuse the tag as soon as it reads the reply, maybe
+                # before this task runs again: free it first. A Tflush arriving now
+                # finds nothing to wait for, and its Rflush queues behind this reply.
+                self._release(tag, entry)
                 await self._queue(reply, tag)
         finally:
-            if self._in_flight.get(tag) is entry:
-                del self._in_flight[tag]
+            self._release(tag, entry)
             entry.done.set()
             self._slots.release()
             if bulk:
                 self._bulk_slots.release()
+
+    def _release(self, tag: int, entry: _InFlight) -> None:
+        if self._in_flight.get(tag) is entry:
+            del self._in_flight[tag]
 
     async def _flush(self, tag: int, oldtag: int) -> Message:
         target = self._in_flight.get(oldtag) if oldtag != tag else None

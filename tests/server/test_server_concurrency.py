@@ -246,3 +246,25 @@ async def test_tversion_abandons_requests_in_flight(tmp_path: Path) -> None:
             assert await client.receive() == (1, m.Rlerror(errno.EBADF))
     finally:
         gated.close()
+
+
+async def test_a_tag_is_free_as_soon_as_its_reply_is_queued(tmp_path: Path) -> None:
+    # A client may reuse a tag the moment it reads the reply, which may be before
+    # the request's task runs again after queueing it (here: made to sleep). The
+    # tag must be free by then, or the reuse gets a false EBUSY.
+    async with served(make_export(tmp_path)) as client:
+        connection = client.connection  # type: ignore[attr-defined]
+        queue = connection._queue
+
+        async def queue_then_stall(reply: m.Message, tag: int) -> None:
+            await queue(reply, tag)
+            if isinstance(reply, m.Rreaddir):
+                await trio.sleep(0.2)
+
+        connection._queue = queue_then_stall
+        fid = await client.open(flags=c.L_O_RDONLY | c.L_O_DIRECTORY)
+        for _ in range(3):
+            assert isinstance(await client.reply(await client.send(
+                m.Treaddir(fid, 0, 4096), tag=5)), m.Rreaddir)
+            reply = await client.reply(await client.send(m.Tgetattr(fid, 1), tag=5))
+            assert isinstance(reply, m.Rgetattr), reply
