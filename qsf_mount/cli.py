@@ -74,22 +74,51 @@ class Failure(Exception):
 
 parser = argparse.ArgumentParser(
     prog="qvm-mount-folder",
-    description="Mount a folder of another qube, with the user's consent in dom0.",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    description="""\
+Mount FOLDER of qube SERVER at MOUNTPOINT in this qube. dom0 asks the user
+whether this qube may use that folder (allow once or always, deny, block) and
+remembers the answer when asked to. The command returns once the folder is
+mounted. To disconnect: fusermount -u MOUNTPOINT (fuse), umount MOUNTPOINT
+(kernel), or qvm-mount-folder --unmount MOUNTPOINT.""",
+    epilog="""\
+backends:
+  kernel  Linux v9fs: no daemon, the kernel's page cache; the kernel itself
+          parses what the server qube sends
+  fuse    qsf-fuse, a userspace 9P client that validates every byte before the
+          kernel sees it; file locks stay local to this qube
+  auto    kernel when v9fs is usable and mounting is permitted, else fuse
+
+exit status:
+  0 done                        5 no such folder (or not a directory) there
+  1 any other failure           6 mount point missing, not a directory, or
+  2 usage error                   already a mount
+  3 denied in dom0              7 the server qube could not be reached
+  4 refused by qrexec policy    8 the backend is not available in this qube
+
+example:
+  qvm-mount-folder work /home/user/Documents ~/work-docs""",
 )
-parser.add_argument("--backend", choices=("auto", "kernel", "fuse"), default="auto")
-parser.add_argument("--read-only", action="store_true", help="ask for and mount read-only")
+parser.add_argument("--backend", choices=("auto", "kernel", "fuse"), default="auto",
+                    help="how to mount (default: auto; see below)")
+parser.add_argument("--read-only", action="store_true",
+                    help="ask for read-only access; the server qube enforces it (EROFS)")
 parser.add_argument(
-    "-o", dest="options", default="", metavar="OPTS", help="extra mount options, comma-separated"
+    "-o", dest="options", default="", metavar="OPTS",
+    help="extra mount options, comma-separated (passed to qsf-fuse or to mount -t 9p)",
 )
 parser.add_argument(
     "--foreground", action="store_true", help="stay in the foreground until unmounted (fuse)"
 )
 action = parser.add_mutually_exclusive_group()
-action.add_argument("--list", action="store_true", help="list the shares mounted here")
+action.add_argument("--list", action="store_true",
+                    help="list the shares mounted in this qube (source, mount point, type)")
 action.add_argument("--unmount", metavar="MOUNTPOINT", help="unmount a share")
-parser.add_argument("server", nargs="?", metavar="SERVER")
-parser.add_argument("folder", nargs="?", metavar="FOLDER")
-parser.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")
+parser.add_argument("server", nargs="?", metavar="SERVER", help="the qube that has the folder")
+parser.add_argument("folder", nargs="?", metavar="FOLDER",
+                    help="absolute path of the folder in the server qube")
+parser.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
+                    help="an empty directory in this qube")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,12 +253,17 @@ def choose_backend(system: System, request: MountRequest) -> str:
 
     auto takes the kernel when v9fs is usable and we may mount, else fuse.
     """
-    if request.backend in ("kernel", "auto"):
-        usable, reason = system.kernel_availability()
-        if usable:
-            return "kernel"
-        if request.backend == "kernel":
+    if request.backend == "fuse":
+        return _fuse_backend(system)
+    usable, reason = system.kernel_availability()
+    if request.backend == "kernel":
+        if not usable:
             raise Failure(EXIT_NO_BACKEND, f"the kernel backend is not available: {reason}")
+        return "kernel"
+    return "kernel" if usable else _fuse_backend(system)
+
+
+def _fuse_backend(system: System) -> str:
     if system.find_program("qsf-fuse") is None:
         raise Failure(EXIT_NO_BACKEND, "the fuse backend (qsf-fuse) is not installed")
     return "fuse"
@@ -252,6 +286,9 @@ def mount(system: System, request: MountRequest) -> int:
     if problem is not None:
         raise Failure(EXIT_MOUNT_POINT, f"mount point {request.mountpoint} {problem}")
     backend = choose_backend(system, request)
+    # auto says what it chose once mounted (or, in the foreground, once started),
+    # so that a failure stays one line.
+    choice = f"qvm-mount-folder: the {backend} backend (auto)" if request.backend == "auto" else ""
     fingerprint, _granted = authorize(system, request)
     channel, _mode = connect(system, request, fingerprint)
     # A ro grant is enforced by the server; only a ro request adds `ro` here.
@@ -273,6 +310,9 @@ def mount(system: System, request: MountRequest) -> int:
             program = system.find_program("qsf-fuse")
             assert program is not None
             argv = fuse_argv(program, request, channel)
+            if choice and request.foreground:
+                print(choice, file=sys.stderr)
+                choice = ""
             status = system.run(argv, pass_fds=(channel.read_fd, channel.write_fd))
     except OSError as error:
         channel.abort()
@@ -284,6 +324,8 @@ def mount(system: System, request: MountRequest) -> int:
         channel.abort()
         raise Failure(EXIT_FAILURE, f"the {backend} backend failed to mount (exit {status})")
     channel.detach()
+    if choice and status == 0:
+        print(choice, file=sys.stderr)
     return EXIT_OK if status == 0 else EXIT_FAILURE
 
 

@@ -130,6 +130,19 @@ def test_mount_with_fuse(capsys: pytest.CaptureFixture[str]) -> None:
         ("channel.detach", (), None),
     ])
     assert run(system, ARGS) == 0
+    # auto (the default) says which backend it chose, and nothing else.
+    assert capsys.readouterr().err == "qvm-mount-folder: the fuse backend (auto)\n"
+
+
+def test_an_explicit_backend_mounts_silently(capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem([
+        MOUNTPOINT_OK,
+        authorize_call(f"allow {FP} rw\n".encode()),
+        CONNECT, SEND, ("channel.read_line", (64,), b"ok rw"),
+        fuse_run("fsname=qvm://vault/home/user/share,subtype=qsf"),
+        ("channel.detach", (), None),
+    ])
+    assert run(system, ["--backend=fuse", *ARGS]) == 0
     assert capsys.readouterr().err == ""
 
 
@@ -291,7 +304,7 @@ def test_no_qrexec_client_is_a_clear_failure(capsys: pytest.CaptureFixture[str])
     assert "qrexec-client-vm not found" in capsys.readouterr().err
 
 
-def test_kernel_backend_gets_the_channel() -> None:
+def test_kernel_backend_gets_the_channel(capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[dict[str, Any]] = []
 
     def kernel_mount(**kwargs: Any) -> None:
@@ -304,6 +317,7 @@ def test_kernel_backend_gets_the_channel() -> None:
     assert run(system, ["--backend=auto", *ARGS]) == 0
     assert calls == [dict(rfd=RFD, wfd=WFD, mountpoint="/mnt/share",
                           source="qvm://vault/home/user/share", read_only=False, options="")]
+    assert capsys.readouterr().err == "qvm-mount-folder: the kernel backend (auto)\n"
 
 
 def test_kernel_mount_error_aborts() -> None:
