@@ -24,7 +24,8 @@ CASES: list[tuple[str, Message]] = [
     ("Twrite 4 KiB", m.Twrite(7, 1 << 20, b"w" * 4096)),
     ("Twalk 3 names", m.Twalk(1, 2, (b"home", b"user", b"Documents"))),
     ("Rgetattr", m.Rgetattr(0x3FFF, QID, 0o100644, 1000, 1000, 1, 0, 123456, 4096, 248,
-                            *[1_700_000_000, 123456789] * 4, 0, 0)),
+                            1_700_000_000, 123456789, 1_700_000_000, 123456789,
+                            1_700_000_000, 123456789, 1_700_000_000, 123456789, 0, 0)),
     ("Rreaddir 50 entries", m.Rreaddir(tuple(
         Dirent(Qid(0, 1, 1000 + i), i + 1, 8, b"file-%04d.txt" % i) for i in range(50)))),
 ]
