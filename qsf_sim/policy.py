@@ -22,7 +22,7 @@ never by `@anyvm`. As source, `@dispvm:NAME` matches the disposables made from N
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -174,11 +174,7 @@ class _Loader:
     def load_file(self, path: Path, depth: int) -> None:
         if depth > MAX_INCLUDE_DEPTH:
             raise PolicyError(f"{path}: includes nested too deep")
-        for lineno, raw in enumerate(_read(path).splitlines(), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{path}:{lineno}"
+        for where, line in _lines(path):
             if line.startswith("!"):
                 self.directive(path, line.split(), where, depth)
                 continue
@@ -216,11 +212,7 @@ class _Loader:
         _check_service(service, argument, str(path))
         if depth > MAX_INCLUDE_DEPTH:
             raise PolicyError(f"{path}: includes nested too deep")
-        for lineno, raw in enumerate(_read(path).splitlines(), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{path}:{lineno}"
+        for where, line in _lines(path):
             line = line.replace("$include:", "!include ").replace("$", "@").replace(",", " ")
             words = line.split()
             if words[0].startswith("!"):
@@ -237,11 +229,16 @@ class _Loader:
         return self.resolve(target) if target.is_absolute() else including.parent / target
 
 
-def _read(path: Path) -> str:
+def _lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(`path:lineno`, stripped line) for each line that is not blank or a comment."""
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PolicyError(f"cannot read {path}: {error}") from error
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield f"{path}:{lineno}", line
 
 
 def _policy_files(directory: Path) -> list[Path]:
