@@ -61,8 +61,9 @@ install_apt_packages() {
     ((EUID == 0)) || die "missing Debian packages (${missing[*]}): run this script as root"
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -q -y --no-install-recommends "${missing[@]}"
+    # Parallel installs (several checkouts on one machine) wait for the dpkg lock.
+    apt-get -o DPkg::Lock::Timeout=900 update -q
+    apt-get -o DPkg::Lock::Timeout=900 install -q -y --no-install-recommends "${missing[@]}"
 }
 
 make_venv() {
