@@ -1,9 +1,11 @@
-"""qvm-mount-folder: mount a folder of another qube, list or unmount shares.
+"""qvm-mount-folder (also qvm-mount): mount a folder of another qube, list or unmount shares.
 
-    qvm-mount-folder [--backend=auto|kernel|fuse] [--read-only] [-o OPTS] [--foreground]
-                     SERVER FOLDER MOUNTPOINT
+    qvm-mount-folder [--backend=auto|kernel|fuse] [--read-only] [-o OPTS]
+                     [--foreground | --persist] SERVER FOLDER MOUNTPOINT
     qvm-mount-folder --list
     qvm-mount-folder --unmount MOUNTPOINT
+    qvm-mount-folder --forget MOUNTPOINT
+    qvm-mount-folder --mount-persistent [--retry-for SECONDS]
 
 Exit codes (ARCHITECTURE.md): 0 done, 1 other failure, 2 usage, 3 denied in
 dom0, 4 refused by qrexec policy, 5 no such folder in the server qube, 6 bad
@@ -18,21 +20,30 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
-from qsf_mount import mounts
+from qsf_mount import mounts, persistent, startup
+from qsf_mount.request import (
+    EXIT_DENIED,
+    EXIT_FAILURE,
+    EXIT_MOUNT_POINT,
+    EXIT_NO_BACKEND,
+    EXIT_NO_FOLDER,
+    EXIT_OK,
+    EXIT_POLICY,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    MAX_PATH,
+    QUBE_NAME_RE,
+    Failure,
+    MountRequest,
+    build,
+    normalise_folder,
+)
 from qsf_mount.system import Channel, RealSystem, System
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_DENIED: Final = 3
-EXIT_POLICY: Final = 4
-EXIT_NO_FOLDER: Final = 5
-EXIT_MOUNT_POINT: Final = 6
-EXIT_UNREACHABLE: Final = 7
-EXIT_NO_BACKEND: Final = 8
+__all__ = ["EXIT_USAGE", "MAX_PATH", "QUBE_NAME_RE", "MountRequest", "main",
+           "normalise_folder", "parser"]
 
 QREXEC_REFUSED: Final = 126
 QREXEC_FAILED: Final = 125
@@ -40,10 +51,8 @@ QREXEC_NO_SERVICE: Final = 127
 
 AUTHORIZE: Final = "qsf.AuthorizeFolderAccess"
 CONNECT: Final = "qsf.ConnectToFolder"
-MAX_PATH: Final = 4096
 MAX_REPLY: Final = 64
 
-QUBE_NAME_RE: Final = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_-]{0,30}\Z")
 ALLOW_RE: Final = re.compile(rb"\Aallow (?P<fp>[0-9a-f]{32}) (?P<mode>ro|rw)\n\Z")
 DENY_RE: Final = re.compile(rb"\Adeny (?P<reason>[a-z]{1,16})\n\Z")
 CONNECT_REPLIES: Final = {
@@ -60,16 +69,6 @@ DENY_MESSAGES: Final = {
     "busy": "another request from this qube is waiting, or too many prompts: try later",
     "internal": "dom0 failed to decide (see its journal)",
 }
-# Options qvm-mount-folder sets itself.
-RESERVED_OPTIONS: Final = ("fsname", "subtype")
-
-
-class Failure(Exception):
-    """One line for the user and the exit code that goes with it."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 parser = argparse.ArgumentParser(
@@ -80,7 +79,8 @@ Mount FOLDER of qube SERVER at MOUNTPOINT in this qube. dom0 asks the user
 whether this qube may use that folder (allow once or always, deny, block) and
 remembers the answer when asked to. The command returns once the folder is
 mounted. To disconnect: fusermount -u MOUNTPOINT (fuse), umount MOUNTPOINT
-(kernel), or qvm-mount-folder --unmount MOUNTPOINT.""",
+(kernel), or qvm-mount-folder --unmount MOUNTPOINT. qvm-mount is the same
+command under a shorter name.""",
     epilog="""\
 backends:
   kernel  Linux v9fs: no daemon, the kernel's page cache; the kernel itself
@@ -89,15 +89,31 @@ backends:
           kernel sees it; file locks stay local to this qube
   auto    kernel when v9fs is usable and mounting is permitted, else fuse
 
+shares at start-up:
+  --persist records the share in $XDG_CONFIG_HOME/qsf/shares.json (default
+  ~/.config/qsf/shares.json) and mounts it. At each session start the systemd
+  user unit qsf-mount-persistent.service runs --mount-persistent, which mounts
+  every recorded share that is not mounted yet; while a server qube cannot be
+  reached it tries again after 2, 4, 8 ... (at most 60) seconds, for at most
+  --retry-for seconds in all. A denial, a missing folder or a bad mount point
+  is not retried: it is logged (journalctl --user -u qsf-mount-persistent)
+  and shown as a desktop notification. Answer dom0's question with "always":
+  an "once" answer is asked again at every start (and every retry).
+  --list marks recorded shares "persistent", and those not mounted
+  "not-mounted".
+
 exit status:
   0 done                        5 no such folder (or not a directory) there
   1 any other failure           6 mount point missing, not a directory, or
   2 usage error                   already a mount
   3 denied in dom0              7 the server qube could not be reached
   4 refused by qrexec policy    8 the backend is not available in this qube
+  (--mount-persistent: 0 when every recorded share is mounted, else 1)
 
-example:
-  qvm-mount-folder work /home/user/Documents ~/work-docs""",
+examples:
+  qvm-mount-folder work /home/user/Documents ~/work-docs
+  qvm-mount-folder --persist --backend=fuse work /home/user/Shared ~/work
+  mount -t qvm work:/home/user/Shared ~/work -o backend=fuse  (see mount.qvm)""",
 )
 parser.add_argument("--backend", choices=("auto", "kernel", "fuse"), default="auto",
                     help="how to mount (default: auto; see below)")
@@ -107,13 +123,24 @@ parser.add_argument(
     "-o", dest="options", default="", metavar="OPTS",
     help="extra mount options, comma-separated (passed to qsf-fuse or to mount -t 9p)",
 )
-parser.add_argument(
+mode = parser.add_mutually_exclusive_group()
+mode.add_argument(
     "--foreground", action="store_true", help="stay in the foreground until unmounted (fuse)"
 )
+mode.add_argument("--persist", action="store_true",
+                  help="also record the share, to be mounted at every session start")
 action = parser.add_mutually_exclusive_group()
 action.add_argument("--list", action="store_true",
-                    help="list the shares mounted in this qube (source, mount point, type)")
+                    help="list the shares mounted or recorded in this qube "
+                         "(source, mount point, type or not-mounted, persistent)")
 action.add_argument("--unmount", metavar="MOUNTPOINT", help="unmount a share")
+action.add_argument("--forget", metavar="MOUNTPOINT",
+                    help="remove a recorded share (it stays mounted until unmounted)")
+action.add_argument("--mount-persistent", action="store_true",
+                    help="mount every recorded share that is not mounted (the start-up unit)")
+parser.add_argument("--retry-for", type=float, default=startup.RETRY_FOR, metavar="SECONDS",
+                    help="with --mount-persistent: how long to keep trying server qubes "
+                         "that cannot be reached (default: %(default)g)")
 parser.add_argument("server", nargs="?", metavar="SERVER", help="the qube that has the folder")
 parser.add_argument("folder", nargs="?", metavar="FOLDER",
                     help="absolute path of the folder in the server qube")
@@ -121,64 +148,27 @@ parser.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
                     help="an empty directory in this qube")
 
 
-@dataclass(frozen=True, slots=True)
-class MountRequest:
-    server: str
-    folder: bytes
-    mountpoint: str
-    backend: str
-    read_only: bool
-    options: str
-    foreground: bool
-
-
-def normalise_folder(untrusted_folder: str) -> bytes:
-    """An absolute folder without empty or `.` components; ValueError otherwise."""
-    folder = os.fsencode(untrusted_folder)
-    if not folder.startswith(b"/"):
-        raise ValueError("FOLDER must be an absolute path")
-    if b"\0" in folder:
-        raise ValueError("FOLDER contains NUL")
-    parts = [part for part in folder.split(b"/") if part not in (b"", b".")]
-    if b".." in parts:
-        raise ValueError("FOLDER must not contain '..'")
-    folder = b"/" + b"/".join(parts)
-    if len(folder) > MAX_PATH:
-        raise ValueError(f"FOLDER is longer than {MAX_PATH} bytes")
-    return folder
-
-
-def parse(argv: Sequence[str] | None) -> argparse.Namespace | MountRequest:
-    """The parsed command line: a MountRequest, or the namespace of --list/--unmount."""
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, MountRequest | None]:
+    """The parsed command line, and its MountRequest when it asks for a mount."""
     args = parser.parse_args(argv)
     positional = [args.server, args.folder, args.mountpoint]
-    if args.list or args.unmount is not None:
+    if not 0 <= args.retry_for <= 86400:
+        parser.error("--retry-for takes 0 to 86400 seconds")
+    if args.list or args.unmount is not None or args.forget is not None or args.mount_persistent:
         if any(value is not None for value in positional):
-            parser.error("--list and --unmount take no SERVER FOLDER MOUNTPOINT")
-        return args
+            parser.error("--list, --unmount, --forget and --mount-persistent take no "
+                         "SERVER FOLDER MOUNTPOINT")
+        if args.persist:
+            parser.error("--persist goes with SERVER FOLDER MOUNTPOINT")
+        return args, None
     if any(value is None for value in positional):
         parser.error("SERVER FOLDER MOUNTPOINT are required")
-    if not QUBE_NAME_RE.match(args.server):
-        parser.error(f"{args.server!r} is not a qube name")
     try:
-        folder = normalise_folder(args.folder)
+        return args, build(server=args.server, folder=args.folder, mountpoint=args.mountpoint,
+                           backend=args.backend, read_only=args.read_only,
+                           options=args.options, foreground=args.foreground)
     except ValueError as error:
         parser.error(str(error))
-    options = [option for option in args.options.split(",") if option]
-    for option in options:
-        if option.split("=", 1)[0] in RESERVED_OPTIONS:
-            parser.error(f"-o {option}: qvm-mount-folder sets this option itself")
-        if not option.isprintable():
-            parser.error("-o: options must be printable")
-    return MountRequest(
-        server=args.server,
-        folder=folder,
-        mountpoint=os.path.abspath(args.mountpoint),
-        backend=args.backend,
-        read_only=args.read_only,
-        options=",".join(options),
-        foreground=args.foreground,
-    )
 
 
 def _qrexec(system: System) -> str:
@@ -281,10 +271,19 @@ def fuse_argv(program: str, request: MountRequest, channel: Channel) -> list[str
     return [*argv, "-o", ",".join(options), request.mountpoint]
 
 
-def mount(system: System, request: MountRequest) -> int:
+def check_mount_point(system: System, request: MountRequest) -> None:
     problem = system.mount_point_problem(request.mountpoint)
     if problem is not None:
         raise Failure(EXIT_MOUNT_POINT, f"mount point {request.mountpoint} {problem}")
+
+
+def mount(system: System, request: MountRequest) -> int:
+    check_mount_point(system, request)
+    return mount_checked(system, request)
+
+
+def mount_checked(system: System, request: MountRequest) -> int:
+    """mount() after the mount point was found usable."""
     backend = choose_backend(system, request)
     # auto says what it chose once mounted (or, in the foreground, once started),
     # so that a failure stays one line.
@@ -329,10 +328,104 @@ def mount(system: System, request: MountRequest) -> int:
     return EXIT_OK if status == 0 else EXIT_FAILURE
 
 
+def _recorded(system: System) -> list[MountRequest]:
+    try:
+        return persistent.load(system.share_store())
+    except persistent.StoreError as error:
+        raise Failure(EXIT_FAILURE, str(error)) from None
+
+
+def _is_mounted(live: Sequence[mounts.Share], request: MountRequest) -> bool:
+    source = mounts.source_name(request.server, request.folder)
+    return any(s.mountpoint == request.mountpoint and s.source == source for s in live)
+
+
 def list_shares(system: System) -> int:
-    for share in mounts.shares(system.read_mounts()):
-        print(f"{share.source} {share.mountpoint} {share.fstype}")
+    """Live shares (`persistent` when recorded), then recorded ones not mounted."""
+    live = mounts.shares(system.read_mounts())
+    try:
+        recorded, problem = _recorded(system), None
+    except Failure as failure:
+        recorded, problem = [], failure
+    keys = {(mounts.source_name(r.server, r.folder), r.mountpoint) for r in recorded}
+    for share in live:
+        mark = " persistent" if (share.source, share.mountpoint) in keys else ""
+        print(f"{share.source} {share.mountpoint} {share.fstype}{mark}")
+    for request in recorded:
+        if not _is_mounted(live, request):
+            source = mounts.source_name(request.server, request.folder)
+            print(f"{source} {request.mountpoint} not-mounted persistent")
+    if problem is not None:
+        raise problem
     return EXIT_OK
+
+
+def persist(system: System, request: MountRequest) -> int:
+    """Record the share for start-up, then mount it unless it is mounted already."""
+    mounted = _is_mounted(mounts.shares(system.read_mounts()), request)
+    if not mounted:
+        check_mount_point(system, request)
+    store = system.share_store()
+
+    def record(shares: list[MountRequest]) -> list[MountRequest]:
+        others = [share for share in shares if share.mountpoint != request.mountpoint]
+        return [*others, request]
+
+    try:
+        persistent.update(store, record)
+    except persistent.StoreError as error:
+        raise Failure(EXIT_FAILURE, f"{error} (nothing recorded)") from None
+    except OSError as error:
+        raise Failure(EXIT_FAILURE, f"cannot record the share in {store}: {error}") from None
+    print(f"qvm-mount-folder: recorded for start-up in {store}", file=sys.stderr)
+    if mounted:
+        print(f"qvm-mount-folder: {request.mountpoint} is already mounted", file=sys.stderr)
+        return EXIT_OK
+    return mount_checked(system, request)
+
+
+def forget(system: System, mountpoint: str) -> int:
+    path = os.path.abspath(mountpoint)
+    found = False
+
+    def remove(shares: list[MountRequest]) -> list[MountRequest]:
+        nonlocal found
+        kept = [share for share in shares if share.mountpoint != path]
+        found = len(kept) != len(shares)
+        return kept
+
+    store = system.share_store()
+    if not store.exists():
+        raise Failure(EXIT_MOUNT_POINT, f"{path} is not a recorded share (see --list)")
+    try:
+        persistent.update(store, remove)
+    except persistent.StoreError as error:
+        raise Failure(EXIT_FAILURE, str(error)) from None
+    except OSError as error:
+        raise Failure(EXIT_FAILURE, f"cannot change {store}: {error}") from None
+    if not found:
+        raise Failure(EXIT_MOUNT_POINT, f"{path} is not a recorded share (see --list)")
+    return EXIT_OK
+
+
+def mount_persistent(system: System, retry_for: float) -> int:
+    """Mount every recorded share not mounted yet (qsf-mount-persistent.service)."""
+    shares = _recorded(system)
+    if not shares:
+        startup.log(f"no shares recorded in {system.share_store()}")
+        return EXIT_OK
+
+    def attempt(request: MountRequest) -> tuple[int, str]:
+        if _is_mounted(mounts.shares(system.read_mounts()), request):
+            return EXIT_OK, "already mounted"
+        try:
+            mount(system, request)
+        except Failure as failure:
+            return failure.code, str(failure)
+        return EXIT_OK, "mounted"
+
+    return startup.mount_all(shares, attempt, system, system.notify,
+                             startup.Backoff(total=retry_for))
 
 
 def unmount(system: System, mountpoint: str) -> int:
@@ -355,13 +448,17 @@ def unmount(system: System, mountpoint: str) -> int:
 
 
 def main(args: Sequence[str] | None = None, system: System | None = None) -> int:
-    parsed = parse(args)
+    parsed, request = parse(args)
     system = RealSystem() if system is None else system
     try:
-        if isinstance(parsed, MountRequest):
-            return mount(system, parsed)
+        if request is not None:
+            return persist(system, request) if parsed.persist else mount(system, request)
         if parsed.list:
             return list_shares(system)
+        if parsed.forget is not None:
+            return forget(system, parsed.forget)
+        if parsed.mount_persistent:
+            return mount_persistent(system, parsed.retry_for)
         return unmount(system, parsed.unmount)
     except Failure as failure:
         print(f"qvm-mount-folder: {failure}", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import qsf_kmount
+from qsf_mount import persistent, startup
 
 ABORT_GRACE: Final = 3.0  # seconds qrexec-client-vm gets to end after each step of abort()
 # The server qube answers after asking dom0 (which it gives 60 s): no answer in
@@ -83,6 +84,16 @@ class System(Protocol):
 
     def kernel_availability(self) -> tuple[bool, str]:
         """Whether the kernel backend can mount here, and why (not)."""
+        ...
+
+    def share_store(self) -> Path:
+        """The file of the shares recorded for start-up."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def notify(self, summary: str, body: str) -> None:
+        """Tell the user in a desktop notification (or only log when there is no desktop)."""
         ...
 
 
@@ -214,6 +225,15 @@ class RealSystem:
     def read_mounts(self) -> str:
         with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as table:
             return table.read()
+
+    def share_store(self) -> Path:
+        return persistent.store_path()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def notify(self, summary: str, body: str) -> None:
+        startup.desktop_notifier(self.find_program)(summary, body)
 
 
 class KernelMount(Protocol):

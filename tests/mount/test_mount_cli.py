@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,10 +63,12 @@ class FakeChannel:
 class FakeSystem:
     def __init__(self, calls: list[tuple[str, tuple[Any, ...], Any]],
                  programs: Sequence[str] = ("qrexec-client-vm", "qsf-fuse", "fusermount3"),
-                 kernel: KernelMount | None = None) -> None:
+                 kernel: KernelMount | None = None,
+                 store: Path = Path("/nonexistent/qsf/shares.json")) -> None:
         self.expected = Expected(calls)
         self.programs = {name: f"/usr/bin/{name}" for name in programs}
         self.kernel = kernel
+        self.store = store
 
     def find_program(self, name: str) -> str | None:
         return self.programs.get(name)
@@ -94,6 +97,15 @@ class FakeSystem:
 
     def read_mounts(self) -> str:
         return self.expected("read_mounts")  # type: ignore[no-any-return]
+
+    def share_store(self) -> Path:
+        return self.store
+
+    def sleep(self, seconds: float) -> None:
+        self.expected("sleep", seconds)
+
+    def notify(self, summary: str, body: str) -> None:
+        self.expected("notify", summary, body)
 
 
 def authorize_call(
