@@ -38,6 +38,11 @@ APT_PACKAGES=(
     kmod
     util-linux
     sudo
+    systemd
+    dbus-daemon
+    libnotify-bin
+    libglib2.0-bin
+    python3-gi
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
