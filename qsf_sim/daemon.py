@@ -23,6 +23,7 @@ from qsf_sim.layout import (
     ADMIN,
     Qube,
     SimConfig,
+    halted_marker,
     log_path,
     policy_dirs,
     qube_dir,
@@ -210,6 +211,10 @@ class Daemon:
             if kind != Frame.REQUEST or len(payload) > MAX_REQUEST:
                 raise CallFailed(Frame.FAIL, "bad request", "first frame is not a request")
             call = await self._authorize(qube, payload)
+            if halted_marker(self.root, call.target.name).exists():
+                # As in Qubes: policy first, then the target is started, which fails here.
+                raise CallFailed(Frame.FAIL, f"qube {call.target.name} could not be started",
+                                 f"{call.target.name} is halted")
             path = find_service(self.root, call.target.name, call.service,
                                 self._full_name(call))
             if path is None:

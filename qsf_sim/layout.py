@@ -11,6 +11,7 @@
     ROOT/sockets/NAME                  the qube's socket (owner: the qube's user, mode 0600)
     ROOT/log/NAME.log                  stderr of the services run in that qube
     ROOT/prompt/                       (root only) scripted answers and the log of every prompt
+    ROOT/halted/NAME                   (root only) qube NAME is down: calls to it fail (125)
 """
 
 from __future__ import annotations
@@ -190,6 +191,11 @@ def log_path(root: Path, name: str) -> Path:
 
 def prompt_dir(root: Path) -> Path:
     return root / "prompt"
+
+
+def halted_marker(root: Path, name: str) -> Path:
+    """Present while qube `name` is halted and cannot be started (root only)."""
+    return root / "halted" / name
 
 
 def unix_user(name: str) -> str:

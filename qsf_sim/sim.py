@@ -28,6 +28,7 @@ from qsf_sim.layout import (
     ADMIN,
     Qube,
     SimConfig,
+    halted_marker,
     log_path,
     qube_dir,
     qube_home,
@@ -192,6 +193,15 @@ class Sim:
                         local: bool = False) -> Path:
         self.qube(qube)
         return tree.install_service(self.root, qube, name, content, local=local)
+
+    def set_running(self, name: str, running: bool) -> None:
+        """Halt qube `name` (calls to it fail as when Qubes cannot start it) or let it run."""
+        self.qube(name)
+        marker = halted_marker(self.root, name)
+        if running:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.touch()
 
     def install_policy(self, name: str, text: str, *, runtime: bool = False) -> Path:
         return tree.install_policy(self.root, name, text, runtime=runtime)

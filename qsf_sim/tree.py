@@ -81,6 +81,7 @@ def build(root: Path, config: SimConfig, *, project_files: bool = True) -> None:
     for top in ("qubes", "sockets", "log"):
         _mkdir(root / top)
     _mkdir(prompt_dir(root), 0o700)
+    _mkdir(root / "halted", 0o700)
     for qube in config.qubes:
         tree = qube_dir(root, qube.name)
         _mkdir(tree)

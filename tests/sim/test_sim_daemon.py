@@ -123,6 +123,20 @@ def test_other_failures_exit_125(sim: Sim) -> None:
     assert sim.call("work", "@dispvm:dvm", "test.Echo").returncode == 125
 
 
+def test_halted_qube_cannot_be_called_until_it_runs_again(sim: Sim) -> None:
+    allow(sim, "test.Echo * work server allow")
+    sim.set_running("server", False)
+    try:
+        result = sim.call("work", "server", "test.Echo", input=b"x")
+        assert result.returncode == 125
+        assert b"qube server could not be started" in result.stderr
+        # policy is evaluated first, as in Qubes: a refused call stays refused
+        assert sim.call("other", "server", "test.Echo").returncode == 126
+    finally:
+        sim.set_running("server", True)
+    assert sim.call("work", "server", "test.Echo", input=b"x").returncode == 3
+
+
 def test_service_killed_by_signal_exits_128_plus_signal(sim: Sim) -> None:
     sim.install_service("server", "test.Suicide", "#!/bin/sh\nkill -TERM $$\nsleep 5\n")
     allow(sim, "test.Suicide * work server allow")
