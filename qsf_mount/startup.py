@@ -122,8 +122,11 @@ def notify_argv(find_program: Callable[[str], str | None], summary: str,
         return [program, "call", "--session", "--dest", "org.freedesktop.Notifications",
                 "--object-path", "/org/freedesktop/Notifications",
                 "--method", "org.freedesktop.Notifications.Notify",
-                _gvariant_string(APP_NAME), "0", _gvariant_string("dialog-warning"),
-                _gvariant_string(summary), _gvariant_string(body), "[]", "{}", "-1"]
+                # GVariant text; typed so that gdbus needs no introspection and
+                # "-1" is not read as an option.
+                _gvariant_string(APP_NAME), "uint32 0", _gvariant_string("dialog-warning"),
+                _gvariant_string(summary), _gvariant_string(body), "@as []", "@a{sv} {}",
+                "int32 -1"]
     return None
 
 

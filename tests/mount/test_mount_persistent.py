@@ -314,8 +314,8 @@ def test_notify_send_first_then_gdbus() -> None:
                     "a &lt;b&gt; &amp; 'c'\N{REPLACEMENT CHARACTER}"]
     argv = startup.notify_argv({"gdbus": "/usr/bin/gdbus"}.get, "s", "it's \\ here")
     assert argv is not None and argv[:3] == ["/usr/bin/gdbus", "call", "--session"]
-    assert argv[-8:] == ["'qsf'", "0", "'dialog-warning'", "'s'", "'it\\'s \\\\ here'", "[]",
-                         "{}", "-1"]
+    assert argv[-8:] == ["'qsf'", "uint32 0", "'dialog-warning'", "'s'", "'it\\'s \\\\ here'",
+                         "@as []", "@a{sv} {}", "int32 -1"]
     assert startup.notify_argv(lambda _: None, "s", "b") is None
 
 
