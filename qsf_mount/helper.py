@@ -12,6 +12,7 @@ qvm-mount-folder's, which does the mount; its exit code becomes mount(8)'s.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ MOUNT_FAILURE: Final = 32  # mount failure
 DROPPED: Final = frozenset({"defaults", "auto", "noauto", "user", "users", "nouser", "owner",
                             "group", "_netdev", "nofail", "rw", "nosuid", "nodev"})
 DROPPED_NAMES: Final = frozenset({"user", "comment"})  # user=NAME, comment=TEXT
+# mount(8) runs helpers without PATH (and HOME): qrexec-client-vm is found here.
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 parser = argparse.ArgumentParser(
     prog="mount.qvm",
@@ -123,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"mount.qvm: {error}", file=sys.stderr)
         return MOUNT_USAGE
+    if not os.environ.get("PATH"):
+        os.environ["PATH"] = DEFAULT_PATH
     if args.verbose:
         print(f"mount.qvm: qvm-mount-folder {shlex.join(arguments)}", file=sys.stderr)
     try:
