@@ -94,11 +94,11 @@ shares at start-up:
   ~/.config/qsf/shares.json) and mounts it. At each session start the systemd
   user unit qsf-mount-persistent.service runs --mount-persistent, which mounts
   every recorded share that is not mounted yet; while a server qube cannot be
-  reached it tries again after 2, 4, 8 ... (at most 60) seconds, for at most
-  --retry-for seconds in all. A denial, a missing folder or a bad mount point
+  reached it tries again after 2, 4, 8 ... (at most 60) seconds, pausing at
+  most --retry-for seconds in all. A denial, a missing folder or a bad mount point
   is not retried: it is logged (journalctl --user -u qsf-mount-persistent)
   and shown as a desktop notification. Answer dom0's question with "always":
-  an "once" answer is asked again at every start (and every retry).
+  a "once" answer is asked again at every start (and every retry).
   --list marks recorded shares "persistent", and those not mounted
   "not-mounted".
 
@@ -139,8 +139,8 @@ action.add_argument("--forget", metavar="MOUNTPOINT",
 action.add_argument("--mount-persistent", action="store_true",
                     help="mount every recorded share that is not mounted (the start-up unit)")
 parser.add_argument("--retry-for", type=float, default=startup.RETRY_FOR, metavar="SECONDS",
-                    help="with --mount-persistent: how long to keep trying server qubes "
-                         "that cannot be reached (default: %(default)g)")
+                    help="with --mount-persistent: the most seconds to pause in all while "
+                         "server qubes cannot be reached (default: %(default)g)")
 parser.add_argument("server", nargs="?", metavar="SERVER", help="the qube that has the folder")
 parser.add_argument("folder", nargs="?", metavar="FOLDER",
                     help="absolute path of the folder in the server qube")
