@@ -91,7 +91,8 @@ backends:
 
 shares at start-up:
   --persist records the share in $XDG_CONFIG_HOME/qsf/shares.json (default
-  ~/.config/qsf/shares.json) and mounts it. At each session start the systemd
+  ~/.config/qsf/shares.json) and mounts it; it stays recorded when mounting
+  fails now (say, while the server qube is down). At each session start the systemd
   user unit qsf-mount-persistent.service runs --mount-persistent, which mounts
   every recorded share that is not mounted yet; while a server qube cannot be
   reached it tries again after 2, 4, 8 ... (at most 60) seconds, pausing at
