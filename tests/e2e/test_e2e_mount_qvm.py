@@ -162,6 +162,12 @@ def test_user_mounts_an_fstab_line(sim: Sim, namespace: Namespace) -> None:
     assert f"{source(sim)} {target} fuse.qsf" in listed.stdout.decode()
     assert namespace.run("work", ["qvm-mount", "--unmount", str(target)]).returncode == 0
     assert namespace.shares() == []
+    # and umount(8) lets the user unmount the FUSE mount the user made
+    sim.answer_folder("once rw")
+    assert namespace.run("work", ["mount", str(target)]).returncode == 0
+    result = namespace.run("work", ["umount", str(target)])
+    assert result.returncode == 0, result.stderr
+    assert namespace.shares() == []
 
 
 @pytest.mark.parametrize(
