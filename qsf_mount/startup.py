@@ -33,6 +33,10 @@ class Backoff:
     longest: float = 60.0
     total: float = RETRY_FOR
 
+    def __post_init__(self) -> None:
+        if not (0 < self.first <= self.longest and self.factor >= 1 and self.total >= 0):
+            raise ValueError(f"not a bounded back-off: {self}")
+
     def pauses(self) -> Iterator[float]:
         """The pauses, each clipped so that their sum never exceeds `total`."""
         pause, spent = self.first, 0.0

@@ -218,6 +218,9 @@ def test_backoff_doubles_up_to_the_longest_pause_and_the_total() -> None:
     assert list(startup.Backoff().pauses()) == [2, 4, 8, 16, 32, 60, 60, 60, 58]
     assert sum(startup.Backoff(total=10).pauses()) == 10
     assert list(startup.Backoff(total=0).pauses()) == []
+    for bad in ({"first": 0}, {"factor": 0.5}, {"longest": 1}, {"total": -1}):
+        with pytest.raises(ValueError, match="not a bounded back-off"):
+            startup.Backoff(**bad)
 
 
 class FakeClock:
