@@ -104,6 +104,9 @@ def _authorize(
         now = clock()
         transaction.replace(decisions.prune(transaction.decisions, now, config.once_ttl))
         outcome = decisions.evaluate(request, transaction.decisions, now)
+        refused_by = decisions.deciding(request, transaction.decisions, now)
+        if refused_by is not None:  # when a remembered deny or block was last applied
+            transaction.replace(decisions.used(transaction.decisions, refused_by.fingerprint, now))
         policy.sync(transaction.decisions, config.grants_dir, config.once_dir, now)
     if not isinstance(outcome, decisions.Ask):
         return outcome

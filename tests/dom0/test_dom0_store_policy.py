@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -34,13 +35,19 @@ def test_round_trip_keeps_every_field_including_non_utf8_folders() -> None:
     assert decode(encode(decisions)) == decisions
     document = json.loads(encode(decisions))
     assert document["format"] == "qsf-decisions"
-    assert document["version"] == 1
+    assert document["version"] == 2
 
 
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=3),
+        lambda d: d.update(version="2"),
+        lambda d: d.update(version=True),
+        lambda d: d.update(generation=-1),
+        lambda d: d.update(generation="7"),
+        lambda d: d["decisions"][0].update(last_used="today"),
+        lambda d: d["decisions"][0].update(last_used=False),
         lambda d: d.pop("format"),
         lambda d: d["decisions"][0].update(client="-bad"),
         lambda d: d["decisions"][0].update(fingerprint="ABCDEF" * 5 + "ab"),
@@ -57,6 +64,51 @@ def test_malformed_store_is_refused(mutate) -> None:  # type: ignore[no-untyped-
     mutate(document)
     with pytest.raises(StoreError):
         decode(json.dumps(document).encode())
+
+
+def test_version_1_file_is_read_and_written_back_as_version_2(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    version1 = {
+        "format": "qsf-decisions",
+        "version": 1,
+        "decisions": [
+            {
+                "fingerprint": FP1,
+                "client": "work",
+                "server": "vault",
+                "folder": "L2hvbWUvdXNlci94",
+                "kind": "always",
+                "mode": "ro",
+                "created": NOW,
+            }
+        ],
+    }
+    path.write_text(json.dumps(version1))
+    store = Store(path)
+    assert store.snapshot() == ([decision()], 0)
+    assert json.loads(path.read_text())["version"] == 1  # reading never rewrites
+    with store.transaction() as transaction:
+        transaction.replace([*transaction.decisions, decision(FP2)])
+    document = json.loads(path.read_text())
+    assert (document["version"], document["generation"]) == (2, 1)
+    assert [entry["last_used"] for entry in document["decisions"]] == [None, None]
+    assert store.snapshot() == ([decision(), decision(FP2)], 1)
+
+
+def test_generation_grows_at_every_write_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "decisions.json")
+    assert store.snapshot() == ([], 0)
+    for expected in (1, 2):
+        with store.transaction() as transaction:
+            transaction.replace([decision(FP1 if expected == 1 else FP2)])
+        assert store.snapshot()[1] == expected
+    with store.transaction() as transaction:
+        transaction.replace(list(transaction.decisions))  # no change: no write
+    assert store.snapshot()[1] == 2
+    used = dataclasses.replace(decision(FP2), last_used=NOW + 5)
+    with store.transaction() as transaction:
+        transaction.replace([used])
+    assert store.snapshot() == ([used], 3)
 
 
 def test_transaction_writes_atomically_with_dot_temp_and_no_leftovers(tmp_path: Path) -> None:
