@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from qsf_dom0.decisions import Decision, Kind
-from qsf_dom0.wire import InvalidInput, fingerprint, folder_path, qube_name
+from qsf_dom0.decisions import Decision, Kind, policy_refusal
+from qsf_dom0.wire import InvalidInput, fingerprint, folder_path, is_disposable, qube_name
 
 FORMAT: Final = "qsf-decisions"
 VERSION: Final = 2  # 2 added "generation" and each decision's "last_used"
@@ -227,10 +227,16 @@ def _upstream_decision(untrusted_fingerprint: str, entry: Any, now: float) -> De
     folder = folder_path(raw_folder)
     if kind is Kind.DENY and folder == b"/":
         kind = Kind.BLOCK
+    client = qube_name(_text(entry["source"]))
+    server = qube_name(_text(entry["target"]))
+    if policy_refusal(client, server) is not None:
+        raise InvalidInput("dom0 or loopback entry")  # its policy line would be refused
+    if kind is Kind.ALWAYS and is_disposable(client):
+        raise InvalidInput("Always grant to a disposable qube")
     return Decision(
         fingerprint=fingerprint(untrusted_fingerprint.lower()),
-        client=qube_name(_text(entry["source"])),
-        server=qube_name(_text(entry["target"])),
+        client=client,
+        server=server,
         folder=folder,
         kind=kind,
         mode="rw",

@@ -175,12 +175,22 @@ UPSTREAM = {
     "ffffffffffffffffffffffffffffffff": {
         "source": "$anyvm", "target": "vault", "folder": "/x", "response": "ALLOW_ALWAYS",
     },
+    # Entries whose policy line would be refused, which would stop every later change.
+    "11111111111111111111111111111111": {
+        "source": "work", "target": "dom0", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
+    "22222222222222222222222222222222": {
+        "source": "work", "target": "work", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
+    "33333333333333333333333333333333": {
+        "source": "disp7", "target": "vault", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
 }
 
 
 def test_import_upstream_keeps_fingerprints_and_maps_responses() -> None:
     decisions, skipped = import_upstream(json.dumps(UPSTREAM).encode(), NOW)
-    assert skipped == 4  # one-time, "..", bad fingerprint, bad name
+    assert skipped == 7  # one-time, "..", bad fingerprint, bad name, dom0, loopback, disposable
     assert [(d.fingerprint[0], d.kind, d.folder) for d in decisions] == [
         ("a", Kind.ALWAYS, b"/home/user/Documents"),
         ("b", Kind.DENY, b"/home/user/secret"),
