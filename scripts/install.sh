@@ -53,6 +53,9 @@ APT_PACKAGES=(
     xdotool
     imagemagick
     fonts-dejavu-core
+    # Server-qube notifications (gdbus) and their test notification server.
+    libglib2.0-bin
+    dunst
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
