@@ -272,6 +272,8 @@ def test_static_policy_file_parses_as_qubes_policy() -> None:
         ["qsf.AuthorizeFolderAccess", "*", "@anyvm", "@adminvm", "allow"],
         ["qsf.QueryFolderAuthorization", "*", "@anyvm", "@adminvm", "allow"],
         ["qsf.ConnectToFolder", "*", "@anyvm", "@anyvm", "deny"],
+        ["qsf.AskFolderAccess", "*", "@adminvm", "@anyvm", "allow"],
+        ["qsf.AskFolderAccess", "*", "@anyvm", "@anyvm", "deny"],
     ]
     # Generated files sort before the static one, so their allow lines win.
     assert sorted([policy.GRANTS_FILE, policy.ONCE_FILE, "80-qsf.policy"])[-1] == "80-qsf.policy"
