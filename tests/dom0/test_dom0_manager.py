@@ -149,3 +149,17 @@ def test_unreadable_store_is_reported(admin: Admin) -> None:
     model = ManagerModel(admin)
     assert not model.reload()
     assert model.message is not None and "cannot be read" in model.message
+
+
+def test_manager_command_without_a_display(capsys: pytest.CaptureFixture[str]) -> None:
+    from qsf_dom0.tools import qvm_folder_share_manager as tool
+
+    assert tool.main([], environ={}) == 1
+    assert "no display" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        tool.main(["--poll", "0"], environ={"DISPLAY": ":99"})
+    assert usage.value.code == 2
+    with pytest.raises(SystemExit) as helped:
+        tool.main(["--help"])
+    assert helped.value.code == 0
+    assert "never saved over one made meanwhile" in capsys.readouterr().out.replace("\n", " ")
