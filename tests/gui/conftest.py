@@ -149,7 +149,7 @@ class Atspi:
 
     def press(self, node: Any) -> None:
         """Do the node's first action (click, for a button)."""
-        node.queryAction().doAction(0)
+        node.do_action(0)  # Atspi.Action (pyatspi's queryAction is deprecated)
 
 
 @pytest.fixture(scope="session")
