@@ -254,25 +254,34 @@ class Admin:
         )
 
     def import_upstream(self, path: Path) -> tuple[int, int]:
-        """Add upstream's remembered decisions; (added, skipped). Known ids are skipped."""
+        """Add upstream's remembered decisions; (added, skipped). Known ids are skipped.
+
+        A store that does not exist yet imports policy.db by itself when first read:
+        those entries count as added here too.
+        """
         content = _read(path)
+        prior = {d.fingerprint for d in self.store.load()} if self.store.path.exists() else set()
         counts = [0, 0]
 
         def edit(current: list[Decision], now: float) -> list[Decision]:
             imported, skipped = store.import_upstream(content, now)
             known = {d.fingerprint for d in current}
             merged = list(current)
+            added = 0
             for new in imported:
-                try:
-                    if new.fingerprint in known:
-                        raise Refused("known")
-                    merged = add(merged, new)
-                except Refused:
+                if new.fingerprint in prior:
                     skipped += 1
-                    continue
-                known.add(new.fingerprint)
-                counts[0] += 1
-            counts[1] = skipped
+                elif new.fingerprint in known:
+                    added += 1  # imported by this very transaction's first read
+                else:
+                    try:
+                        merged = add(merged, new)
+                    except Refused:
+                        skipped += 1
+                        continue
+                    known.add(new.fingerprint)
+                    added += 1
+            counts[:] = [added, skipped]
             return merged
 
         self.change(edit)

@@ -257,6 +257,20 @@ def test_import_upstream(root: Path, tmp_path: Path) -> None:
     assert len(listing(root)) == 3
 
 
+def test_import_upstream_into_a_new_store(root: Path) -> None:
+    config = Config.under(root)
+    config.upstream_db.parent.mkdir(parents=True)
+    config.upstream_db.write_text(json.dumps({
+        "a" * 32: {"source": "work", "target": "vault", "folder": "/x",
+                   "response": "ALLOW_ALWAYS"},
+        "b" * 32: {"source": "work", "target": "vault", "folder": "/y", "response": "nonsense"},
+    }))
+    status, out, _ = run(root, "import-upstream")
+    assert (status, out) == (0, f"imported 1 decision from {config.upstream_db}, skipped 1\n")
+    assert [r["id"] for r in listing(root)] == ["a" * 32]
+    assert policy_lines(root)[0] == [f"qsf.ConnectToFolder +{'a' * 32} work vault allow"]
+
+
 def test_concurrent_services_and_cli_share_one_lock(root: Path) -> None:
     # The CLI holds the store's lock for its whole change: a service's write made
     # meanwhile is neither lost nor overwritten.
