@@ -65,7 +65,7 @@ class ManagerWindow:
             texts = shown(row, format_time)
             position = self.store.append([
                 texts.id, texts.client, texts.server, texts.folder, texts.decision,
-                texts.mode, texts.decided, texts.last_used, texts.pending,
+                texts.mode, texts.decided, texts.last_used, texts.pending, not texts.pending,
             ])  # fmt: skip
             if texts.id == keep:
                 self.view.get_selection().select_iter(position)

@@ -118,18 +118,22 @@ def table_rows(atspi: Atspi, frame: Any) -> list[tuple[str, ...]]:
     return [tuple(cells[i:i + COLUMNS]) for i in range(0, len(cells), COLUMNS)]
 
 
-def select(atspi: Atspi, frame: Any, folder: str, client: str | None = None) -> None:
-    """Select the row of `folder` (and `client`) as a click would: focus one of its cells."""
+def row_cells(atspi: Atspi, frame: Any, folder: str, client: str | None = None) -> list[Any]:
+    """The accessible cells of the row of `folder` (and `client`)."""
     table = atspi.find(frame, "table", "Remembered decisions")
     cells = [c for c in atspi.descendants(table) if c.getRoleName() == "table cell"]
     for index in range(0, len(cells), COLUMNS):
         row = cells[index:index + COLUMNS]
         if row[6].name == folder and (client is None or row[0].name == client):
-            row[6].queryComponent().grabFocus()
-            wait_for(lambda cell=row[6]: atspi.has_state(cell, "selected"),
-                     f"the row of {folder} to be selected")
-            return
+            return row
     pytest.fail(f"no row for {folder}")
+
+
+def select(atspi: Atspi, frame: Any, folder: str, client: str | None = None) -> None:
+    """Select the row of `folder` (and `client`) as a click would: focus one of its cells."""
+    cell = row_cells(atspi, frame, folder, client)[6]
+    cell.queryComponent().grabFocus()
+    wait_for(lambda: atspi.has_state(cell, "selected"), f"the row of {folder} to be selected")
 
 
 def steady_screenshot(screenshot: Callable[..., Path], path: Path, window: str) -> Path:
@@ -178,7 +182,7 @@ def test_lists_every_decision_and_pending_is_not_editable(
     assert [r[5] for r in shown] == ["never"] * 3 + [
         local(stored["work", "/home/user/Documents"]["last_used"]), "never"]
     assert [r[4] for r in shown] == [local(stored[r[0], r[6]]["decided"]) for r in shown]
-    # A pending one-time grant: selected, nothing can be done to it.
+    # A pending one-time grant (drawn greyed): selected, nothing can be done to it.
     select(atspi, frame, "/srv/projects/qsf")
     for name in ("Revoke", "Make read-only", "Make read-write"):
         assert not atspi.has_state(button(atspi, frame, name), "sensitive"), name
