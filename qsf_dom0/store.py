@@ -69,11 +69,17 @@ def locked_directory(directory: Path) -> Iterator[int]:
 
 
 def atomic_write(
-    directory_fd: int, name: str, content: bytes, mode: int, group: int | None = None
+    directory_fd: int,
+    name: str,
+    content: bytes,
+    mode: int,
+    group: int | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Replace `name` in the directory by `content`: dot-temp, fsync, chmod, rename.
 
-    With `group`, the file is chown'ed root:group before it takes its name.
+    With `group`, the file is chown'ed root:group before it takes its name; with
+    `owner`, (uid, gid).
     """
     temp = f".{name}.{os.getpid()}.tmp"
     with suppress(FileNotFoundError):
@@ -88,7 +94,9 @@ def atomic_write(
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
-        if group is not None:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        elif group is not None:
             os.fchown(fd, 0, group)
         os.fchmod(fd, mode)  # the umask must not narrow (or widen) it
         os.fsync(fd)
@@ -260,7 +268,8 @@ class Store:
             yield transaction
             if transaction.dirty:
                 content = encode(transaction.decisions, transaction.generation + 1)
-                atomic_write(directory_fd, self.path.name, content, STORE_MODE)
+                atomic_write(directory_fd, self.path.name, content, STORE_MODE,
+                             owner=_directory_owner(directory_fd))
 
     def load(self) -> list[Decision]:
         """A consistent snapshot of the decisions (read under the lock)."""
@@ -283,6 +292,15 @@ class Store:
                 decisions, _skipped = import_upstream(upstream, time.time())
                 return Transaction(decisions, dirty=True)
         return Transaction([])
+
+
+def _directory_owner(directory_fd: int) -> tuple[int, int] | None:
+    """Root (qvm-folder-share, the manager) writes the store as its directory's owner,
+    so that the services, run as dom0's user, still read and replace it."""
+    if os.geteuid() != 0:
+        return None
+    info = os.fstat(directory_fd)
+    return info.st_uid, info.st_gid
 
 
 def _read_bounded(name: str, directory_fd: int | None) -> bytes | None:

@@ -277,3 +277,15 @@ def test_static_policy_file_parses_as_qubes_policy() -> None:
     ]
     # Generated files sort before the static one, so their allow lines win.
     assert sorted([policy.GRANTS_FILE, policy.ONCE_FILE, "80-qsf.policy"])[-1] == "80-qsf.policy"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+def test_root_writes_the_store_as_its_directory_owner(tmp_path: Path) -> None:
+    directory = tmp_path / "shared-folders"
+    directory.mkdir()
+    os.chown(directory, 1000, 1000)
+    store = Store(directory / "qsf-decisions.json")
+    with store.transaction() as transaction:
+        transaction.replace([decision()])
+    info = os.stat(directory / "qsf-decisions.json")
+    assert (info.st_uid, info.st_gid) == (1000, 1000)
