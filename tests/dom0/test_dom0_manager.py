@@ -163,3 +163,19 @@ def test_manager_command_without_a_display(capsys: pytest.CaptureFixture[str]) -
         tool.main(["--help"])
     assert helped.value.code == 0
     assert "never saved over one made meanwhile" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_desktop_entry_runs_the_console_script() -> None:
+    import configparser
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.optionxform = str  # type: ignore[assignment,method-assign]
+    entry.read(repo / "packaging" / "applications" / "qvm-folder-share-manager.desktop")
+    desktop = entry["Desktop Entry"]
+    assert (desktop["Type"], desktop["Name"], desktop["Terminal"]) == (
+        "Application", "Folder share manager", "false")
+    scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[desktop["Exec"]] == "qsf_dom0.tools.qvm_folder_share_manager:main"
+    assert desktop["Categories"].endswith(";")
