@@ -19,7 +19,7 @@ gi.require_version("Gtk", "3.0")
 gi.require_version("Gdk", "3.0")
 from gi.repository import Gdk, GLib, Gtk  # noqa: E402
 
-from qsf_ask.logic import BUTTONS, DialogLogic  # noqa: E402
+from qsf_ask.logic import BUTTONS, DialogLogic, folder_segments  # noqa: E402
 from qsf_ask.protocol import AskAnswer, AskRequest  # noqa: E402
 
 UI_FILE: Final = "folder_access.ui"
@@ -59,9 +59,13 @@ class FolderDialog:
             f"label colour {self.logic.request.label}")
         self.widget("client").set_markup(f"<b>{escape(texts.client, -1)}</b>")
         self.widget("server").set_markup(f"<b>{escape(texts.server, -1)}</b>")
-        # Wrapped where needed, but never with a hyphen Pango would add: the exact bytes.
-        self.widget("folder").set_markup(
-            f'<span insert_hyphens="false">{escape(texts.folder, -1)}</span>')
+        # Wrapped after a "/" where it can, never with a hyphen Pango would add: the
+        # exact characters of display_path.
+        self.widget("folder").set_markup("".join(
+            escape(text, -1) if breakable else
+            f'<span allow_breaks="false">{escape(text, -1)}</span>'
+            for text, breakable in folder_segments(texts.folder)).join(
+            ('<span insert_hyphens="false">', "</span>")))
         self.widget("access").set_text(texts.access)
         self.widget("note").set_text(texts.note)
         self.switch.get_accessible().set_name("Read only")

@@ -21,6 +21,8 @@ from typing import Final
 from qsf_ask.protocol import LABELS, AskAnswer, AskRequest, display_path
 
 FOCUS_DELAY: Final = 1.0
+# A folder wraps after a "/" where it can; only a longer component breaks inside.
+UNBROKEN_COMPONENT: Final = 40
 
 # Button ids of the .ui file, in the order they appear, and what each answers.
 BUTTONS: Final = {
@@ -42,6 +44,19 @@ class Texts:
     folder: str
     access: str
     note: str
+
+
+def folder_segments(shown: str) -> list[tuple[str, bool]]:
+    """The shown folder cut into (text, may_break_inside) pieces that join to `shown`:
+    each component short enough stays whole on a line, so that a line never ends at a
+    hyphen or a dot the folder does not have there as the end of a component."""
+    pieces: list[tuple[str, bool]] = []
+    for index, component in enumerate(shown.split("/")):
+        if index:
+            pieces.append(("/", True))
+        if component:
+            pieces.append((component, len(component) > UNBROKEN_COMPONENT))
+    return pieces
 
 
 class DialogLogic:

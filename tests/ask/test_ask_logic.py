@@ -76,3 +76,14 @@ def test_disposable_has_no_allow_always() -> None:
 
 def test_cancel_denies_once() -> None:
     assert DialogLogic(RW).cancel() == AskAnswer("deny-once", "ro")
+
+
+def test_folder_wraps_only_between_components_unless_one_is_long() -> None:
+    from qsf_ask.logic import UNBROKEN_COMPONENT, folder_segments
+
+    shown = "/home/user/annual-report/" + "x" * (UNBROKEN_COMPONENT + 1) + "/v1.2"
+    pieces = folder_segments(shown)
+    assert "".join(text for text, _ in pieces) == shown
+    assert pieces[:4] == [("/", True), ("home", False), ("/", True), ("user", False)]
+    assert ("annual-report", False) in pieces and ("x" * (UNBROKEN_COMPONENT + 1), True) in pieces
+    assert folder_segments("/") == [("/", True)]

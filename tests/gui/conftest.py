@@ -12,6 +12,10 @@ Fixtures (any test under tests/gui/ may use them):
   keys          `Keys`: xdotool on that display (`keys.press("Escape")`, `keys.type("x")`).
   screenshot    `screenshot(path, window="root")`: a PNG of the screen or of one X
                 window (ImageMagick's import).
+  picture       `picture(name, window)`: a README picture: a PNG of X window `window`
+                (an id, e.g. from keys.window(TITLE)) in the test's tmp_path, copied to
+                $QSF_SCREENSHOTS_DIR/NAME.png when set (`make screenshots` sets it to
+                docs/images).
 
 Every dependency (Xvfb, dbus-daemon, at-spi2-core, PyGObject with GTK 3, pyatspi,
 xdotool, ImageMagick) missing means skip, and under CI=true fail (support.missing).
@@ -24,6 +28,7 @@ import importlib
 import importlib.util
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +49,7 @@ PROGRAMS = {
     "dbus-send": "dbus-bin",
     "xdotool": "xdotool",
     "import": "imagemagick",
+    "convert": "imagemagick",
 }
 
 
@@ -199,5 +205,39 @@ def keys(gui_session: XSession) -> Keys:
 def screenshot(gui_session: XSession) -> Callable[..., Path]:
     def take(path: Path, window: str = "root") -> Path:
         return gui_session.screenshot(path, window)
+
+    return take
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG (from its IHDR chunk)."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def pixels(path: Path) -> bytes:
+    """The RGB pixels of an image (PNG files of equal pixels may differ in metadata)."""
+    return subprocess.run(["convert", str(path), "rgb:-"], check=True, capture_output=True,
+                          timeout=WAIT).stdout
+
+
+@pytest.fixture
+def picture(gui_session: XSession, tmp_path: Path) -> Callable[[str, str], Path]:
+    def take(name: str, window: str) -> Path:
+        shot = gui_session.screenshot(tmp_path / f"{name}-window.png", window)
+        # A thin grey frame: without a window manager the window has no border of its
+        # own, and the README's page is about as light as the window.
+        path = tmp_path / f"{name}.png"
+        subprocess.run(["convert", str(shot), "-bordercolor", "#9a9996", "-border", "1",
+                        "-strip", str(path)], check=True, capture_output=True, timeout=WAIT)
+        width, height = png_size(path)
+        assert width > 100 and height > 100, f"{name}: {width}x{height} is no window"
+        target = os.environ.get("QSF_SCREENSHOTS_DIR")
+        if target:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, Path(target) / f"{name}.png")
+        return path
 
     return take

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import support
 from ask_helpers import AGENT_APP, TITLE, Call, ask, start_agent
-from conftest import Atspi, Keys, wait_for
+from conftest import Atspi, Keys, pixels, wait_for
 
 from qsf_ask.protocol import CHOICES, AskRequest, encode_request
 from qsf_sim.xsession import XSession
@@ -193,3 +193,41 @@ def test_hostile_input_gets_no_answer_and_no_dialog(agent_socket: Callable[..., 
     call = ask(path, RW)
     atspi.press(button(atspi, dialog(atspi), "Block"))
     assert call.answer() == b"block\n"
+
+
+README_REQUEST = AskRequest("work", "red", "vault",
+                            b"/home/user/Documents/projects/2026/annual-report/figures", "rw",
+                            CHOICES)
+
+
+def test_readme_pictures(agent_socket: Callable[..., Path], atspi: Atspi, keys: Keys,
+                         picture: Callable[[str, str], Path]) -> None:
+    """The dialog as the README shows it: just opened (allow buttons still insensitive),
+    ready, and for a disposable qube."""
+    path = agent_socket("--focus-delay", "2")
+    call = ask(path, README_REQUEST)
+    frame = dialog(atspi)
+    window = keys.window(TITLE)
+    allow = button(atspi, frame, "Allow once")
+    before = pixels(picture("dialog-waiting", window))
+    assert not atspi.has_state(allow, "sensitive"), "picture not taken within the delay"
+    wait_for(lambda: atspi.has_state(allow, "sensitive"), "Allow once to be sensitive")
+    # The state changes before the window is drawn again: wait for new pixels.
+    wait_for(lambda: pixels(picture("dialog", window)) != before,
+             "the dialog to be drawn with its allow buttons sensitive")
+    atspi.press(button(atspi, frame, "Deny"))
+    assert call.answer() == b"deny-once\n"
+    wait_gone(atspi)
+    call = ask(path, AskRequest("disp4821", "orange", "vault", b"/home/user/Downloads", "ro",
+                                DISP.choices))
+    frame = dialog(atspi)
+    window = keys.window(TITLE)
+    allow = button(atspi, frame, "Allow once")
+    before = pixels(picture("dialog-disposable", window))
+    assert not atspi.has_state(allow, "sensitive"), "picture not taken within the delay"
+    wait_for(lambda: pixels(picture("dialog-disposable", window)) != before,
+             "the dialog to be drawn with its allow button sensitive")
+    assert atspi.has_state(allow, "sensitive")
+    keys.focus(keys.window(TITLE))
+    keys.press("Escape")
+    assert call.answer() == b"deny-once\n"
