@@ -140,15 +140,18 @@ def main(args: list[str] | None = None) -> int:
     mode = "ro" if options.read_only else "rw"
     record = (exports.registered(options.client, folder, mode) if options.client
               else contextlib.nullcontext())
+    serving = None
     try:
         with record:
-            _announce(options.client, folder, mode, "serving")
+            serving = _announce(options.client, folder, mode, "serving")
             ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
                               options.msize, max_fids)
     except KeyboardInterrupt:
         return 130
     finally:
         export.close()
+        if serving is not None:  # so that "released" does not overtake it
+            serving.join(RELEASE_NOTIFY_WAIT)
         released = _announce(options.client, folder, mode, "released")
         if released is not None:
             released.join(RELEASE_NOTIFY_WAIT)
