@@ -5,9 +5,8 @@ Fixtures (any test under tests/gui/ may use them):
   gui_session   one `qsf_sim.xsession.XSession` for the whole run: Xvfb on a display
                 number it picks itself, a private `dbus-daemon --session`, and the
                 AT-SPI bus launcher and registry on it. This test process's own
-                DISPLAY / DBUS_SESSION_BUS_ADDRESS point at it while it lives, so
-                pyatspi (imported lazily, after the session exists) reads its tree.
-                `gui_session.env()` is the environment for programs under test.
+                environment is left alone (programs under test get
+                `gui_session.env()`); pyatspi connects to its accessibility bus once.
   atspi         the `Atspi` helper below, bound to that session.
   keys          `Keys`: xdotool on that display (`keys.press("Escape")`, `keys.type("x")`).
   screenshot    `screenshot(path, window="root")`: a PNG of the screen or of one X
@@ -24,6 +23,7 @@ Waits are bounded polls on a condition (`wait_for`), never bare sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -92,13 +92,21 @@ def gui_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XSession]:
         session.start()
     except XSessionError as error:
         pytest.fail(f"could not start the test X session: {error}", pytrace=False)
-    saved = {name: os.environ.get(name) for name in session.variables()}
-    os.environ.update(session.variables())
-    os.environ.pop("NO_AT_BRIDGE", None)
     try:
         yield session
     finally:
         session.stop()
+
+
+@contextlib.contextmanager
+def session_environment(session: XSession) -> Iterator[None]:
+    """This process's environment selects `session` inside the block only."""
+    saved = {name: os.environ.get(name) for name in (*session.variables(), "NO_AT_BRIDGE")}
+    os.environ.update(session.variables())
+    os.environ.pop("NO_AT_BRIDGE", None)
+    try:
+        yield
+    finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -109,8 +117,13 @@ def gui_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XSession]:
 class Atspi:
     """The accessibility tree of the test session, through pyatspi."""
 
-    def __init__(self) -> None:
-        self.pyatspi: Any = importlib.import_module("pyatspi")
+    def __init__(self, session: XSession) -> None:
+        # pyatspi finds the accessibility bus through DISPLAY and the session bus when it
+        # first connects, and keeps that connection: the rest of the run (other test
+        # areas) does not see this session in its environment.
+        with session_environment(session):
+            self.pyatspi: Any = importlib.import_module("pyatspi")
+            self.pyatspi.Registry.getDesktop(0).childCount  # noqa: B018 (connects)
 
     def application(self, name: str, timeout: float = WAIT) -> Any:
         """The application called `name` (its program name for Python: the script name)."""
@@ -160,7 +173,7 @@ class Atspi:
 
 @pytest.fixture(scope="session")
 def atspi(gui_session: XSession) -> Atspi:
-    return Atspi()
+    return Atspi(gui_session)
 
 
 class Keys:
