@@ -44,7 +44,6 @@ APT_PACKAGES=(
     python3-gi
     gir1.2-gtk-3.0
     xvfb
-    xauth
     dbus-daemon
     dbus-bin
     at-spi2-core
