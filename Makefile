@@ -7,7 +7,7 @@ SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
 .PHONY: help install test demo demo-9p lint fuzz test-long bench bench-server bench-fuse bench-guest \
-	bench-codec test-guest
+	bench-codec test-guest screenshots
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-guest kernel v9fs client in a QEMU guest, qsf-server vs diod (SIZE=...)"
 	@echo "make bench-codec qsf_p9 codec micro-benchmark"
 	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
+	@echo "make screenshots the README's pictures, made by the GUI tests under Xvfb (docs/images)"
 
 install:
 	bash scripts/install.sh
@@ -58,3 +59,8 @@ bench-codec: install
 
 test-guest: install
 	$(PYTEST) -m guest
+
+# Every GUI test that makes a README picture copies it to QSF_SCREENSHOTS_DIR.
+screenshots: install
+	mkdir -p docs/images
+	QSF_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(PYTEST) tests/gui -q

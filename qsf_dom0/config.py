@@ -25,6 +25,8 @@ class Config:
     grants_dir: Path = Path("/etc/qubes/policy.d")  # persistent policy lines
     once_dir: Path = Path("/run/qubes/policy.d")  # one-time lines: gone after a reboot
     state_dir: Path = Path("/run/qsf")  # prompt locks and rate-limit counters
+    # The socket service of qsf-ask-agent when dom0 is the GUI domain.
+    ask_socket: Path = Path("/etc/qubes-rpc/qsf.AskFolderAccess")
     once_ttl: float = ONCE_TTL
     prompts_per_minute: int = 3
 
@@ -38,6 +40,7 @@ class Config:
             grants_dir=root / default.grants_dir.relative_to("/"),
             once_dir=root / default.once_dir.relative_to("/"),
             state_dir=root / default.state_dir.relative_to("/"),
+            ask_socket=root / default.ask_socket.relative_to("/"),
         )
 
     @classmethod

@@ -6,6 +6,7 @@ Nothing here reads a file, a clock or a random source: effects live in
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,11 @@ class Choice(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One stored decision. `folder` is a validated absolute path; `mode` ro or rw."""
+    """One stored decision. `folder` is a validated absolute path; `mode` ro or rw.
+
+    `last_used` is when the decision last decided something (a grant used by a
+    server's query, a deny or block applied to a request); None until then.
+    """
 
     fingerprint: str
     client: str
@@ -47,6 +52,7 @@ class Decision:
     kind: Kind
     mode: str
     created: float
+    last_used: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +119,18 @@ def policy_refusal(client: str, server: str) -> Deny | None:
 
 
 def is_blocked(client: str, server: str, decisions: Iterable[Decision]) -> bool:
-    return any(
-        d.kind is Kind.BLOCK and d.client == client and d.server == server for d in decisions
+    return blocking(client, server, decisions) is not None
+
+
+def blocking(client: str, server: str, decisions: Iterable[Decision]) -> Decision | None:
+    """The block decision from `client` to `server`, if any."""
+    return next(
+        (
+            d
+            for d in decisions
+            if d.kind is Kind.BLOCK and d.client == client and d.server == server
+        ),
+        None,
     )
 
 
@@ -209,8 +225,7 @@ def resolve(
     }[choice]
     folder = b"/" if kind is Kind.BLOCK else request.folder
     new = Decision(new_fingerprint, request.client, request.server, folder, kind, mode, now)
-    kept = [d for d in decisions if not _replaced_by(d, new)]
-    kept.append(new)
+    kept = remember(decisions, new)
     if kind is Kind.ONCE or kind is Kind.ALWAYS:
         reply: Allow | Deny = Allow(new_fingerprint, mode)
     elif kind is Kind.BLOCK:
@@ -218,6 +233,33 @@ def resolve(
     else:
         reply = Deny("user")
     return Resolution(kept, reply)
+
+
+def remember(decisions: Iterable[Decision], new: Decision) -> list[Decision]:
+    """The decisions with `new` added, replacing the remembered one it supersedes."""
+    return [*(d for d in decisions if not _replaced_by(d, new)), new]
+
+
+def deciding(request: Request, decisions: Sequence[Decision], now: float) -> Decision | None:
+    """The stored deny or block that `evaluate` refuses this request by, if any."""
+    if policy_refusal(request.client, request.server) is not None:
+        return None
+    live = prune(decisions, now)
+    block = blocking(request.client, request.server, live)
+    if block is not None:
+        return block
+    remembered = most_specific(request, live)
+    if remembered is not None and remembered.kind is Kind.DENY:
+        return remembered
+    return None
+
+
+def used(decisions: Iterable[Decision], fingerprint: str, now: float) -> list[Decision]:
+    """The decisions with the one of `fingerprint` marked as last used at `now`."""
+    return [
+        dataclasses.replace(d, last_used=now) if d.fingerprint == fingerprint else d
+        for d in decisions
+    ]
 
 
 def _replaced_by(old: Decision, new: Decision) -> bool:
@@ -274,7 +316,9 @@ def query(
         if not is_live(grant, now, ttl):
             return QueryResult(Deny("expired"), remaining, True)
         return QueryResult(Allow(grant.fingerprint, grant.mode), remaining, True)
-    return QueryResult(Allow(grant.fingerprint, grant.mode), unchanged, False)
+    return QueryResult(
+        Allow(grant.fingerprint, grant.mode), used(decisions, grant.fingerprint, now), True
+    )
 
 
 def without(decisions: Iterable[Decision], fingerprint: str) -> list[Decision]:

@@ -112,5 +112,8 @@ def _qubes_group() -> int | None:
 def sync(decisions: Iterable[Decision], grants_dir: Path, once_dir: Path, now: float) -> None:
     """Make both generated files say exactly what the live decisions allow."""
     decisions = list(decisions)
-    write_policy(grants_dir, GRANTS_FILE, lines_for(decisions, Kind.ALWAYS, now))
-    write_policy(once_dir, ONCE_FILE, lines_for(decisions, Kind.ONCE, now))
+    always = lines_for(decisions, Kind.ALWAYS, now)
+    once = lines_for(decisions, Kind.ONCE, now)
+    render([*always, *once])  # both files validated before either is written
+    write_policy(grants_dir, GRANTS_FILE, always)
+    write_policy(once_dir, ONCE_FILE, once)

@@ -45,8 +45,19 @@ class PromptRequest:
 
 class Prompt(Protocol):
     def ask(self, prompt: PromptRequest) -> Answer:
-        """The user's answer; deny on any doubt (no user, timeout, garbage)."""
+        """The user's answer; deny on any doubt (no user, timeout, garbage).
+
+        May raise PromptUnavailable instead when nobody could be asked.
+        """
         ...
+
+
+class PromptUnavailable(Exception):
+    """Nobody could be asked; `reason` is the deny reason: nogui or busy."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 DENY: Final = Answer(Choice.DENY_ONCE, "ro")

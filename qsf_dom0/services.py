@@ -6,7 +6,8 @@ policy files in line, and writes one reply line. They always exit 0 after a
 reply, so that qrexec's own 125-127 keep their meaning.
 
 Installed services run `python3 -m qsf_dom0.services authorize|query`, which
-use the real paths and the terminal prompt. qsf_sim imports this module and
+use the real paths and ask in the client's GUI domain (qsf_dom0.ask; the
+terminal prompt only for a dom0 without a graphical session). qsf_sim imports this module and
 calls `authorize()` / `query()` with its own Config and Prompt.
 """
 
@@ -20,9 +21,11 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from qsf_dom0 import decisions, policy, wire
+from qsf_dom0.ask import GuiPrompt, LocalAgent
 from qsf_dom0.config import Config
 from qsf_dom0.limits import PromptLimits
-from qsf_dom0.prompt import Prompt, PromptRequest, TerminalPrompt
+from qsf_dom0.prompt import Prompt, PromptRequest, PromptUnavailable, TerminalPrompt
+from qsf_dom0.qubes import AdminQubeDirectory
 from qsf_dom0.store import Store, StoreError
 
 Clock = Callable[[], float]
@@ -104,6 +107,9 @@ def _authorize(
         now = clock()
         transaction.replace(decisions.prune(transaction.decisions, now, config.once_ttl))
         outcome = decisions.evaluate(request, transaction.decisions, now)
+        refused_by = decisions.deciding(request, transaction.decisions, now)
+        if refused_by is not None:  # when a remembered deny or block was last applied
+            transaction.replace(decisions.used(transaction.decisions, refused_by.fingerprint, now))
         policy.sync(transaction.decisions, config.grants_dir, config.once_dir, now)
     if not isinstance(outcome, decisions.Ask):
         return outcome
@@ -111,7 +117,10 @@ def _authorize(
     with limits.slot(request.client, clock()) as admitted:
         if not admitted:
             return decisions.Deny("busy")
-        answer = prompt.ask(PromptRequest(request, outcome.choices))
+        try:
+            answer = prompt.ask(PromptRequest(request, outcome.choices))
+        except PromptUnavailable as unavailable:
+            return decisions.Deny(unavailable.reason)  # nothing stored
     with store.transaction() as transaction:
         now = clock()
         live = decisions.prune(transaction.decisions, now, config.once_ttl)
@@ -162,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config = Config.from_environ(os.environ)
     if args == ["authorize"]:
-        return authorize(0, 1, os.environ, config, TerminalPrompt())
+        prompt = GuiPrompt(AdminQubeDirectory(), LocalAgent(config.ask_socket),
+                           fallback=TerminalPrompt())
+        return authorize(0, 1, os.environ, config, prompt)
     if args == ["query"]:
         return query(0, 1, os.environ, config)
     print("usage: python3 -m qsf_dom0.services authorize|query", file=sys.stderr)

@@ -68,6 +68,10 @@ DENY_MESSAGES: Final = {
     "invalid": "dom0 rejected the request as malformed",
     "busy": "another request from this qube is waiting, or too many prompts: try later",
     "internal": "dom0 failed to decide (see its journal)",
+    "nogui": ("no dialog could be shown to ask the user: qsf-ask-agent must run in the"
+              " graphical session of dom0 (or of this qube's GUI domain, e.g. sys-gui),"
+              " where it starts at login; log in again or start it with `qsf-ask-agent &`"
+              " (dom0's journal says why)"),
 }
 
 

@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import logging
 import os
+import re
 import resource
 import sys
+import threading
 
 import trio
 
 from qsf_p9 import constants as c
 
+from . import exports, notify
 from .connection import Connection, Ending
 from .fs import Export
 from .session import DEFAULT_MAX_FIDS
 
+QUBE_NAME_RE = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_-]{0,30}\Z")
+RELEASE_NOTIFY_WAIT = 1.0  # seconds the exit waits for the release notification at most
+
 parser = argparse.ArgumentParser(
     prog="qsf-server",
-    description="Serve DIR as 9P2000.L on stdin/stdout until EOF, confined to DIR.",
+    description="Serve DIR as 9P2000.L on stdin/stdout until EOF, confined to DIR. "
+    "qsf.ConnectToFolder runs it with --client once dom0 has authorized the share.",
+    epilog="With --client QUBE, the export is listed (qsf-server --list-exports: one file "
+    "per live export under $XDG_RUNTIME_DIR/qsf/exports/, removed when it ends) and a "
+    "desktop notification says when the folder starts being served and when it is released "
+    "(org.freedesktop.Notifications on the session bus, through gdbus; without a session "
+    "bus only a log line). Exit status: 0 at EOF, 1 on a failure, 2 usage error.",
 )
 parser.add_argument("--read-only", action="store_true",
                     help="refuse every change and every open for writing (EROFS)")
 parser.add_argument("--msize", type=int, default=c.MAX_MSIZE,
                     help=f"largest message size offered ({c.MIN_MSIZE}..{c.MAX_MSIZE}, "
                          f"default {c.MAX_MSIZE})")
-parser.add_argument("directory", metavar="DIR", help="the directory to serve")
+parser.add_argument("--client", metavar="QUBE",
+                    help="the client qube served: list this export and notify the user")
+parser.add_argument("--list-exports", action="store_true",
+                    help="list this user's live exports (pid, client, mode, since, folder) "
+                         "and exit")
+parser.add_argument("directory", metavar="DIR", nargs="?", help="the directory to serve")
 
 # Descriptors kept back for the process itself (stdio, the root, workers).
 _RESERVED_FDS = 64
@@ -72,8 +91,37 @@ async def _serve(export: Export, read_fd: int, write_fd: int, read_only: bool, m
             await receive.aclose()
 
 
+def list_exports() -> int:
+    """`--list-exports`: a table of this user's live exports."""
+    rows = [("PID", "CLIENT", "MODE", "SINCE", "FOLDER")]
+    for record in exports.live_exports():
+        since = datetime.datetime.fromtimestamp(record.since).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append((str(record.pid), record.client, record.mode, since,
+                     notify.display_folder(record.folder)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[4])
+    return 0
+
+
+def _announce(client: str | None, folder: bytes, mode: str,
+              event: str) -> threading.Thread | None:
+    if client is None:
+        return None
+    return notify.send(*notify.messages(event, client, folder, mode))
+
+
 def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
+    if options.list_exports:
+        if options.directory is not None or options.client is not None:
+            parser.error("--list-exports takes no DIR and no --client")
+        return list_exports()
+    if options.directory is None:
+        parser.error("DIR is required")
+    if options.client is not None and not QUBE_NAME_RE.match(options.client):
+        parser.error("--client must be a qube name")
     if not c.MIN_MSIZE <= options.msize <= c.MAX_MSIZE:
         parser.error(f"--msize must be within {c.MIN_MSIZE}..{c.MAX_MSIZE}")
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
@@ -88,13 +136,25 @@ def main(args: list[str] | None = None) -> int:
     os.umask(0)
     max_fids = _fid_limit()
     read_fd, write_fd = _take_stdio()
+    folder = os.fsencode(os.path.abspath(options.directory))
+    mode = "ro" if options.read_only else "rw"
+    record = (exports.registered(options.client, folder, mode) if options.client
+              else contextlib.nullcontext())
+    serving = None
     try:
-        ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
-                          options.msize, max_fids)
+        with record:
+            serving = _announce(options.client, folder, mode, "serving")
+            ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
+                              options.msize, max_fids)
     except KeyboardInterrupt:
         return 130
     finally:
         export.close()
+        if serving is not None:  # so that "released" does not overtake it
+            serving.join(RELEASE_NOTIFY_WAIT)
+        released = _announce(options.client, folder, mode, "released")
+        if released is not None:
+            released.join(RELEASE_NOTIFY_WAIT)
     if ending is Ending.EOF:
         return 0
     print(f"qsf-server: connection closed: {ending.value}", file=sys.stderr)

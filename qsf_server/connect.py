@@ -119,8 +119,8 @@ def check_folder(folder: bytes) -> None:
     os.close(fd)
 
 
-def authorized_folder(stdin: int, environ: Mapping[str, str]) -> tuple[bytes, str]:
-    """(folder, mode) that dom0 granted to this call, or Refused."""
+def authorized_folder(stdin: int, environ: Mapping[str, str]) -> tuple[bytes, str, str]:
+    """(folder, mode, client) that dom0 granted to this call, or Refused."""
     untrusted_fingerprint = environ.get("QREXEC_SERVICE_ARGUMENT", "").encode(
         "utf-8", "surrogateescape"
     )
@@ -134,14 +134,18 @@ def authorized_folder(stdin: int, environ: Mapping[str, str]) -> tuple[bytes, st
     folder = decode_folder(read_line(stdin, MAX_PATH_LINE))
     mode = ask_dom0(fingerprint, client, folder)  # before revealing whether it exists
     check_folder(folder)
-    return folder, mode
+    return folder, mode, client
 
 
-def server_argv(folder: bytes, mode: str) -> list[bytes]:
-    """`python -m qsf_server [--read-only] -- FOLDER` with this interpreter."""
+def server_argv(folder: bytes, mode: str, client: str) -> list[bytes]:
+    """`python -m qsf_server [--read-only] --client CLIENT -- FOLDER` with this interpreter.
+
+    With --client the server lists the export and notifies the user (start, release).
+    """
     python = os.fsencode(sys.executable)
     read_only = [b"--read-only"] if mode == "ro" else []
-    return [python, b"-m", b"qsf_server", *read_only, b"--", folder]
+    named = [b"--client", client.encode("ascii")]
+    return [python, b"-m", b"qsf_server", *read_only, *named, b"--", folder]
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -151,7 +155,7 @@ def _write(fd: int, data: bytes) -> None:
 
 def main() -> int:
     try:
-        folder, mode = authorized_folder(0, os.environ)
+        folder, mode, client = authorized_folder(0, os.environ)
         if importlib.util.find_spec("qsf_server.__main__") is None:
             raise Refused("internal", "qsf_server is not installed")
     except Refused as refusal:
@@ -165,7 +169,7 @@ def main() -> int:
         _write(1, f"ok {mode}\n".encode("ascii"))
     except OSError:
         return 1
-    argv = server_argv(folder, mode)
+    argv = server_argv(folder, mode, client)
     os.execv(argv[0], argv)
 
 

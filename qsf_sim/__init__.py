@@ -13,6 +13,9 @@ Modules, one job each:
   sim            the Python API (Sim) used by tests and the demo
   cli            the `qsf-sim` command
   mux            many calls over one virtio-serial port (QEMU guests)
+  socket_service a socket service run as qrexec-agent runs one (header, relay)
+  gui_domain     the simulated GUI domain: qubes' guivm and label for dom0, qsf-ask-agent
+  xsession       a private X session (Xvfb, session bus, AT-SPI) for tests and the demo
 
 Security model: a caller is the qube whose socket it used, and the daemon accepts a
 connection only from that qube's Unix user (SO_PEERCRED); nothing a caller sends or
@@ -20,5 +23,5 @@ sets in its environment names it. As root every qube has its own system user
 (qsfsim-NAME); without root all qubes share the invoking user (development only).
 
 Not simulated: creating disposables for @dispvm calls (such a call fails with 125),
-socket-based services, /etc/qubes/rpc-config options, QREXEC_SERVICE_PATH.
+/etc/qubes/rpc-config options, QREXEC_SERVICE_PATH.
 """

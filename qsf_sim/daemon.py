@@ -91,6 +91,8 @@ def find_service(root: Path, qube: str, service: str, full_name: str) -> Path | 
                 continue
             if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
                 return path
+            if stat.S_ISSOCK(info.st_mode):  # a socket service (qsf_sim.socket_service)
+                return path
     return None
 
 
@@ -307,6 +309,9 @@ class Daemon:
         argv = [str(path)]
         if call.argument:
             argv.append(call.argument)
+        if path.is_socket():
+            argv = [self.config.python, "-m", "qsf_sim.socket_service", str(path),
+                    self._full_name(call), call.source.name]
         if self.config.private_home:
             argv = namespace_prefix(self.root, call.target, identity) + argv
             as_user = {}

@@ -1,6 +1,6 @@
 """The demo: share a folder of one simulated qube with another, for real, step by step.
 
-    python -m qsf_sim.demo [--unattended] [--keep]        (as root; also `qsf-sim demo`)
+    python -m qsf_sim.demo [--unattended] [--keep] [--gui]  (as root; also `qsf-sim demo`)
 
 It builds a simulated dom0, a server qube "work" and a client qube "personal" in a
 fresh directory under /tmp (qsf_sim: each qube its own Unix user, directory and
@@ -9,7 +9,8 @@ packages install them), puts a sample folder in work's home, and runs the real
 `qvm-mount-folder work FOLDER MOUNTPOINT` as personal's user, with the FUSE backend.
 dom0's question (Once / Always / Deny / Block) is asked on this terminal when stdin
 is one; unattended (no terminal, or --unattended) the simulated dom0 answers
-"once" itself. Then it shows the mounted files, writes one from the client, shows
+"once" itself; with --gui it is the real dialog (qsf_sim.demo_gui). Then it shows
+the mounted files, writes one from the client, shows
 `qvm-mount-folder --list`, and disconnects with `fusermount -u` (--keep: leaves
 the share up and prints the commands to look around and to clean up, the last
 one being `python -m qsf_sim.demo --clean-up DIR`).
@@ -34,12 +35,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from qsf_sim.layout import ADMIN, LayoutError, unix_user
+from qsf_sim.demo_gui import DemoDisplay, DemoGuiError
+from qsf_sim.layout import ADMIN, LayoutError, Qube, unix_user
 from qsf_sim.runas import remove_user
 from qsf_sim.sim import Sim, SimError
 from qsf_sim.tree import FOLDER_ANSWER, REPO
@@ -75,6 +78,10 @@ parser.add_argument("--keep", action="store_true",
                          "commands to look around and to clean up")
 parser.add_argument("--clean-up", type=Path, metavar="DIR",
                     help="remove what a run with --keep left in DIR (as it printed)")
+parser.add_argument("--gui", action="store_true",
+                    help="dom0 asks with the real dialog (qsf-ask-agent): on $DISPLAY when set "
+                         "(answer it there), else on a virtual display (Xvfb) where the demo "
+                         "gives --answer with the dialog's keys and prints a screenshot's path")
 parser.add_argument("--workdir", type=Path, default=Path("/tmp"),
                     help="where the simulation's directory is made (default: %(default)s; "
                          "every qube's user must be able to reach it)")
@@ -182,8 +189,15 @@ class Demo:
         self.base = Path(tempfile.mkdtemp(prefix=BASE_PREFIX, dir=args.workdir)).absolute()
         self.base.chmod(0o755)  # every qube's user walks through it
         self.users_before = existing_users()
-        self.sim = Sim(self.base / "sim", [SERVER, CLIENT],
-                       qsf_prompt="terminal" if interactive else "scripted")
+        self.sim = Sim(self.base / "sim", [Qube(SERVER, label="blue"),
+                                           Qube(CLIENT, label="yellow")],
+                       qsf_prompt="gui" if args.gui else
+                       "terminal" if interactive else "scripted")
+        self.display: DemoDisplay | None = None
+        if args.gui:
+            self.display = DemoDisplay(self.sim, os.environ.get("DISPLAY") or None,
+                                       self.base / "xsession",
+                                       args.workdir.absolute() / f"{self.base.name}-dialog.png")
         self.folder = self.sim.home(SERVER) / FOLDER_NAME
         self.mountpoint = self.sim.home(CLIENT) / MOUNT_NAME
 
@@ -217,7 +231,15 @@ class Demo:
             raise DemoFailed(f"the simulation did not start: {error}") from None
         self.record_created_users()
         assert self.sim.daemon is not None
-        say(f"   qrexec daemon running (pid {self.sim.daemon.pid}).\n")
+        say(f"   qrexec daemon running (pid {self.sim.daemon.pid}).")
+        if self.display is not None:
+            try:
+                where = self.display.start()
+            except (DemoGuiError, SimError) as error:
+                raise DemoFailed(f"the dialog cannot be shown: {error}") from None
+            say(f"   dom0's graphical session: qsf-ask-agent runs on {where}, as it would")
+            say("   after dom0's login (XDG autostart).")
+        say()
 
     def ensure_fuse_usable(self) -> None:
         """/dev/fuse 0666, as udev makes it on Qubes qubes and most distributions."""
@@ -260,13 +282,31 @@ class Demo:
         say(f"     {command_line(argv)}")
         say("   qvm-mount-folder calls qsf.AuthorizeFolderAccess in dom0 through qrexec, and dom0")
         say("   asks the user whether personal may use that folder of work:")
-        if self.interactive:
+        answering: threading.Thread | None = None
+        answered = threading.Event()
+        if self.display is not None and not self.display.virtual:
+            say(f"   (answer in the dialog on {self.display.user_display}: Allow once, Allow")
+            say("   always, Deny, Deny always or Block; the switch makes it read-only)")
+        elif self.display is not None:
+            say(f"   (the dialog is on a virtual display: the demo answers {self.args.answer!r}")
+            say("   with the dialog's keys, as you would)")
+            answering = threading.Thread(target=self.display.answer_by_keyboard,
+                                         args=(self.args.answer, answered), daemon=True)
+            answering.start()
+        elif self.interactive:
             say("   (answer below: o = once, a = always, d = deny, n = never, b = block;")
             say("   then whether writing is allowed)")
         else:
             self.sim.answer_folder(self.args.answer)
             say(f"   (unattended: the simulated dom0 answers {self.args.answer!r} by itself)")
-        result = self.in_qube(CLIENT, argv, timeout=MOUNT_TIMEOUT, check=False)
+        try:
+            result = self.in_qube(CLIENT, argv, timeout=MOUNT_TIMEOUT, check=False)
+        finally:
+            answered.set()
+            if answering is not None:
+                answering.join(30)
+        if self.display is not None and self.display.screenshot_path is not None:
+            say(f"   A picture of the dialog as it appeared: {self.display.screenshot_path}")
         mounted = str(self.mountpoint) in mounts_under(self.sim.root)
         if result.returncode == QVM_EXIT_DENIED:
             raise DemoFailed("dom0 refused the folder: "
@@ -277,7 +317,7 @@ class Demo:
             raise DemoFailed(f"qvm-mount-folder failed (exit {result.returncode}): "
                              + result.stderr.decode("utf-8", "backslashreplace").strip()
                              + self.logs())
-        if not self.interactive:
+        if not self.interactive and self.display is None:
             for asked in self.sim.folder_prompts():
                 wanted, given = (ACCESS.get(str(asked[key])) for key in ("mode", "answer_mode"))
                 say(f"   dom0 was asked: may {asked['client']} have {wanted} access to that "
@@ -330,9 +370,11 @@ class Demo:
         self.in_qube(CLIENT, argv)
         if not wait_for(lambda: str(self.mountpoint) not in mounts_under(self.sim.root), 10):
             raise DemoFailed(f"{self.mountpoint} is still mounted after fusermount -u")
-        daemon_pid = self.sim.daemon.pid if self.sim.daemon else None
+        # dom0's qrexec daemon and, with --gui, its session's agent stay.
+        staying = {self.sim.daemon.pid if self.sim.daemon else None,
+                   self.display.agent_pid() if self.display else None}
         if not wait_for(lambda: not [p for p in processes_of(self.sim.root)
-                                     if p != daemon_pid], 15):
+                                     if p not in staying], 15):
             raise DemoFailed("processes of the share still run after the unmount: "
                              + ", ".join(map(str, processes_of(self.sim.root))))
         say("   Done: unmounted, and the share's processes have exited.\n")
@@ -396,6 +438,8 @@ class Demo:
         (self.base / CREATED_USERS).write_text("".join(f"{name}\n" for name in created))
 
     def clean_up(self) -> list[str]:
+        if self.display is not None:
+            self.display.stop()
         self.sim.stop()
         return clean_up(self.base, [n for n in QUBES if n not in self.users_before])
 

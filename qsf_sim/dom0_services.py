@@ -9,6 +9,9 @@ here:
             prompt is logged to .../run/qsf-sim/prompts as a JSON line.
   terminal  the terminal of the simulator's daemon, inherited as fd $QSF_SIM_TTY_FD (a
             service runs as dom0's own user, which may not open the user's terminal).
+  gui       the real dialog: qsf_dom0.ask.GuiPrompt with the simulator's qube directory
+            (qsf_sim.gui_domain), dom0's own agent socket, and qrexec-client-vm for a
+            GUI qube.
 A real dom0 never runs this module: its service is the project's qubes-rpc/ file.
 """
 
@@ -24,10 +27,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from qsf_dom0.ask import GuiPrompt, LocalAgent, QrexecAgent
 from qsf_dom0.config import Config
 from qsf_dom0.decisions import Answer, Choice
 from qsf_dom0.prompt import PromptRequest, parse_answer, question
 from qsf_dom0.services import authorize
+from qsf_sim.gui_domain import QUBES_FILE, SimQubeDirectory, remote_command
 from qsf_sim.tree import DOM0_SIM_STATE, FOLDER_ANSWERS, FOLDER_PROMPTS
 
 TTY_FD_VARIABLE = "QSF_SIM_TTY_FD"
@@ -133,11 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["scripted"] and dom0_root:
         scripted = ScriptedFolderPrompt(Path(dom0_root) / DOM0_SIM_STATE)
         return authorize(0, 1, os.environ, config, scripted)
+    if args == ["gui"] and dom0_root:
+        state = Path(dom0_root) / DOM0_SIM_STATE
+        gui = GuiPrompt(SimQubeDirectory(state / QUBES_FILE), LocalAgent(config.ask_socket),
+                        QrexecAgent(remote_command))
+        return authorize(0, 1, os.environ, config, gui)
     if args == ["terminal"]:
         tty = os.environ.get(TTY_FD_VARIABLE, "")
         prompt = InheritedTerminalPrompt(int(tty) if tty.isdigit() else -1)  # -1: denies
         return authorize(0, 1, os.environ, config, prompt)
-    print("usage: python3 -m qsf_sim.dom0_services scripted|terminal (inside qsf_sim's dom0)",
+    print("usage: python3 -m qsf_sim.dom0_services scripted|terminal|gui (in qsf_sim's dom0)",
           file=sys.stderr)
     return 2
 

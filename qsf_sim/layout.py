@@ -29,6 +29,7 @@ QUBE_TYPES = ("AdminVM", "AppVM", "DispVM", "TemplateVM", "StandaloneVM")
 TAG = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
 ADMIN = "dom0"
 CONFIG_VERSION = 1
+LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
 
 
 class LayoutError(ValueError):
@@ -50,6 +51,10 @@ class Qube:
     template: str | None = None
     # Extra environment for the services and commands of this qube (e.g. dom0 paths).
     env: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Qubes properties qsf's dom0 reads (qsf_sim.gui_domain): the label's name, and the
+    # GUI domain showing this qube's windows (None: dom0).
+    label: str = "red"
+    guivm: str | None = None
 
     def __post_init__(self) -> None:
         if not QUBE_NAME.match(self.name):
@@ -63,6 +68,10 @@ class Qube:
         for tag in self.tags:
             if not TAG.match(tag):
                 raise LayoutError(f"{self.name}: invalid tag {tag!r}")
+        if self.label not in LABELS:
+            raise LayoutError(f"{self.name}: unknown label {self.label!r}")
+        if self.guivm is not None and not QUBE_NAME.match(self.guivm):
+            raise LayoutError(f"{self.name}: invalid guivm {self.guivm!r}")
 
     @classmethod
     def parse(cls, text: str) -> Qube:
@@ -78,7 +87,7 @@ class Qube:
         return {"name": self.name, "type": self.type, "tags": list(self.tags),
                 "template_for_dispvms": self.template_for_dispvms,
                 "default_dispvm": self.default_dispvm, "template": self.template,
-                "env": dict(self.env)}
+                "env": dict(self.env), "label": self.label, "guivm": self.guivm}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Qube:
@@ -88,12 +97,15 @@ class Qube:
             raise LayoutError(f"bad qube entry: {data!r}")
         default_dispvm = data.get("default_dispvm")
         template = data.get("template")
+        guivm = data.get("guivm")
         return cls(name=str(data["name"]), type=str(data.get("type", "AppVM")),
                    tags=tuple(str(t) for t in tags),
                    template_for_dispvms=bool(data.get("template_for_dispvms", False)),
                    default_dispvm=None if default_dispvm is None else str(default_dispvm),
                    template=None if template is None else str(template),
-                   env={str(k): str(v) for k, v in env.items()})
+                   env={str(k): str(v) for k, v in env.items()},
+                   label=str(data.get("label", "red")),
+                   guivm=None if guivm is None else str(guivm))
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,8 @@ class SimConfig:
     dom0_policy_writable: bool = True
     # Where answers to `ask` come from: "scripted" (ROOT/prompt/answers) or "terminal".
     prompt: str = "scripted"
-    # qsf's own dom0 dialog (qsf.AuthorizeFolderAccess): "scripted" or "terminal" through
+    # qsf's own dom0 dialog (qsf.AuthorizeFolderAccess): "scripted", "terminal" or "gui"
+    # (the real dialog through qsf-ask-agent in the client's GUI domain) through
     # qsf_sim.dom0_services, or "project" to run the project's service file unchanged.
     qsf_prompt: str = "scripted"
 
@@ -120,7 +133,7 @@ class SimConfig:
             raise LayoutError("the simulation needs dom0")
         if self.prompt not in ("scripted", "terminal"):
             raise LayoutError(f"unknown prompt kind {self.prompt!r}")
-        if self.qsf_prompt not in ("scripted", "terminal", "project"):
+        if self.qsf_prompt not in ("scripted", "terminal", "gui", "project"):
             raise LayoutError(f"unknown qsf prompt kind {self.qsf_prompt!r}")
 
     def qube(self, name: str) -> Qube | None:

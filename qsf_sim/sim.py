@@ -11,6 +11,7 @@ qube run as that qube's user, with its PATH (its qrexec-client-vm first) and HOM
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -18,12 +19,13 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from qsf_sim import prompt, tree
+from qsf_sim import gui_domain, prompt, tree
 from qsf_sim.layout import (
     ADMIN,
     Qube,
@@ -69,8 +71,7 @@ class Sim:
         if qube.name != ADMIN or DOM0_ROOT_VARIABLE in qube.env:
             return qube
         env = {**qube.env, DOM0_ROOT_VARIABLE: str(qube_dir(self.root, ADMIN))}
-        return Qube(qube.name, qube.type, qube.tags, qube.template_for_dispvms,
-                    qube.default_dispvm, qube.template, env)
+        return dataclasses.replace(qube, env=env)
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -180,6 +181,30 @@ class Sim:
         """`qrexec-client-vm TARGET SERVICE [LOCAL_PROGRAM...]` in qube `source`."""
         return self.run(source, ["qrexec-client-vm", target, service, *local_program],
                         input=input, timeout=timeout)
+
+    def start_ask_agent(self, name: str, display: Mapping[str, str], *options: str,
+                        timeout: float = START_TIMEOUT) -> subprocess.Popen[bytes]:
+        """Start qsf-ask-agent in qube `name` (dom0 or a GUI qube) as its user, on the X
+        display that `display` names (DISPLAY, ...: the user's or an XSession's), as the
+        session's autostart would; returns once its socket listens. Its log goes to the
+        qube's service log. The caller stops it (terminate)."""
+        socket_path = gui_domain.agent_socket(self.root, name)
+        env = {k: v for k, v in display.items() if k in ("DISPLAY", "GDK_BACKEND")}
+        env["NO_AT_BRIDGE"] = "1"  # another user's session bus is closed to the qube's user
+        log = open(log_path(self.root, name), "ab")  # noqa: SIM115 (kept by Popen)
+        with log:
+            agent = self.popen(name, [self.config.python, "-m", "qsf_ask.agent", "--socket",
+                                      str(socket_path), *options], env=env,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while not socket_path.is_socket():
+            if agent.poll() is not None or time.monotonic() > deadline:
+                agent.kill()
+                agent.wait()
+                raise SimError(f"qsf-ask-agent did not start in {name}; see "
+                               f"{log_path(self.root, name)}")
+            time.sleep(0.05)
+        return agent
 
     # --- files, prompts, logs -------------------------------------------------------
 

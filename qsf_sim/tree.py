@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+from qsf_sim import gui_domain
 from qsf_sim.layout import (
     ADMIN,
     LayoutError,
@@ -107,6 +108,7 @@ def build(root: Path, config: SimConfig, *, project_files: bool = True) -> None:
         else:
             _mkdir(path, 0o755, Identity(os.geteuid(), os.getegid(), "root"))
     _mkdir(qube_dir(root, ADMIN) / DOM0_SIM_STATE, 0o700, dom0)
+    install_gui_domains(root, config)
     if project_files:
         install_project(root, config)
         if config.qsf_prompt != "project" and (REPO / "qubes-rpc" / AUTHORIZE).is_file():
@@ -115,6 +117,26 @@ def build(root: Path, config: SimConfig, *, project_files: bool = True) -> None:
                             "prompt\nexec python3 -m qsf_sim.dom0_services "
                             f"{config.qsf_prompt}\n")
     config.save(root)
+
+
+def install_gui_domains(root: Path, config: SimConfig) -> None:
+    """What qsf's dialog needs: dom0's view of every qube's guivm and label, and in dom0
+    and each GUI qube the agent's run directory and the qsf.AskFolderAccess symlink."""
+    dom0 = lookup(ADMIN)
+    path = qube_dir(root, ADMIN) / DOM0_SIM_STATE / gui_domain.QUBES_FILE
+    _write(path, gui_domain.qubes_document(config.qubes), 0o644)
+    if separated():
+        os.chown(path, dom0.uid, dom0.gid)
+    gui_qubes = {ADMIN} | {q.guivm for q in config.qubes if q.guivm is not None}
+    for name in sorted(gui_qubes):
+        if config.qube(name) is None:
+            raise LayoutError(f"guivm {name} is not a simulated qube")
+        socket_path = gui_domain.agent_socket(root, name)
+        _mkdir(socket_path.parent.parent, 0o755)
+        _mkdir(socket_path.parent, 0o755, lookup(name))
+        link = gui_domain.service_link(root, name)
+        if not link.is_symlink():
+            link.symlink_to(socket_path)
 
 
 def install_service(root: Path, qube: str, name: str, content: str | bytes, *,

@@ -38,11 +38,26 @@ APT_PACKAGES=(
     kmod
     util-linux
     sudo
+    # Start-up mounts: systemd-analyze for the units, notify-send for notifications.
     systemd
-    dbus-daemon
     libnotify-bin
-    libglib2.0-bin
+    # GTK dialogs (qsf_ask) and their tests: PyGObject, GTK 3, a virtual X server,
+    # a session bus, the accessibility bus and its Python client, keyboard input,
+    # screenshots.
     python3-gi
+    gir1.2-gtk-3.0
+    xvfb
+    dbus-daemon
+    dbus-bin
+    at-spi2-core
+    gir1.2-atspi-2.0
+    python3-pyatspi
+    xdotool
+    imagemagick
+    fonts-dejavu-core
+    # Server-qube notifications (gdbus) and their test notification server.
+    libglib2.0-bin
+    dunst
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
@@ -87,6 +102,25 @@ make_venv() {
     "$VENV/bin/pip" install -q --upgrade pip
 }
 
+# Debian's PyGObject (python3-gi) is built for /usr/bin/python3 but lives in
+# /usr/lib/python3/dist-packages, which a venv does not see. Not
+# --system-site-packages (then pip would count every Debian Python package as
+# installed and the venv would differ from machine to machine): a folder in the
+# venv holds links to just gi and pyatspi, and a .pth file appends that folder
+# to sys.path after site-packages, so pip's packages still win.
+SYSTEM_MODULES=(gi pyatspi)
+link_system_gi() {
+    local dist=/usr/lib/python3/dist-packages site links name
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    links=$VENV/qsf-system-modules
+    mkdir -p "$links"
+    for name in "${SYSTEM_MODULES[@]}"; do
+        [[ -e $dist/$name ]] || die "$dist/$name is missing (its Debian package is in APT_PACKAGES)"
+        ln -sfn "$dist/$name" "$links/$name"
+    done
+    printf '%s\n' "$links" >"$site/qsf-system-modules.pth"
+}
+
 # The checkout the venv's editable install points at now, if any.
 installed_checkout() {
     "$VENV/bin/python" - <<'PY' 2>/dev/null || true
@@ -120,5 +154,6 @@ install_project() {
 
 install_apt_packages
 make_venv
+link_system_gi
 install_project
 say "ready: $VENV ($("$VENV/bin/python" --version)), project at $REPO"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -206,11 +208,12 @@ def test_block_stored_while_the_dialog_was_open_wins() -> None:
 # query()
 
 
-def test_query_always_grant_ok_and_kept() -> None:
+def test_query_always_grant_ok_and_kept_with_its_last_use() -> None:
     decisions = [grant(Kind.ALWAYS, mode="ro")]
     result = query(FP1, "vault", "work", b"/home/user/share/sub", decisions, NOW)
     assert result.reply == Allow(FP1, "ro")
-    assert result.decisions == decisions
+    assert result.decisions == [dataclasses.replace(decisions[0], last_used=NOW)]
+    assert result.changed
 
 
 def test_query_once_grant_is_consumed() -> None:

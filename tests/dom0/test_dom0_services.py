@@ -17,6 +17,7 @@ from qsf_dom0 import policy, services
 from qsf_dom0.config import Config
 from qsf_dom0.decisions import Answer, Choice
 from qsf_dom0.prompt import PromptRequest
+from qsf_dom0.store import Store
 
 FOLDER = b"/home/user/share"
 B64 = base64.b64encode(FOLDER)
@@ -116,6 +117,25 @@ def test_allow_always_is_remembered(config: Config) -> None:
     outside = base64.b64encode(b"/home/user")
     assert query(config, fp, b"work\n" + outside + b"\n") == "deny outside\n"
     assert query(config, fp, b"other\n" + B64 + b"\n") == "deny mismatch\n"
+
+
+def test_query_and_remembered_denies_record_when_last_used(config: Config) -> None:
+    store = Store(config.store_path, config.upstream_db)
+    env = {"QREXEC_REMOTE_DOMAIN": "work"}
+    prompt = Scripted(Answer(Choice.ALLOW_ALWAYS, "rw"))
+    fp = call(services.authorize, request(), env, config, prompt, lambda: 100.0).split()[1]
+    assert [d.last_used for d in store.load()] == [None]
+    later = {"QREXEC_REMOTE_DOMAIN": "vault", "QREXEC_SERVICE_ARGUMENT": fp}
+    assert call(services.query, b"work\n" + B64 + b"\n", later, config, lambda: 200.0) == "ok rw\n"
+    assert [d.last_used for d in store.load()] == [200.0]
+    other = base64.b64encode(b"/srv/secret")
+    deny = Scripted(Answer(Choice.DENY_ALWAYS, "rw"))
+    assert call(services.authorize, request(folder=other), env, config, deny,
+                lambda: 300.0) == "deny user\n"
+    assert call(services.authorize, request(folder=other), env, config, NeverAsk(),
+                lambda: 400.0) == "deny user\n"
+    assert sorted((d.kind.value, d.last_used) for d in store.load()) == [
+        ("always", 200.0), ("deny", 400.0)]
 
 
 def test_unused_once_grant_expires_and_its_line_goes(config: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -34,13 +35,19 @@ def test_round_trip_keeps_every_field_including_non_utf8_folders() -> None:
     assert decode(encode(decisions)) == decisions
     document = json.loads(encode(decisions))
     assert document["format"] == "qsf-decisions"
-    assert document["version"] == 1
+    assert document["version"] == 2
 
 
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=3),
+        lambda d: d.update(version="2"),
+        lambda d: d.update(version=True),
+        lambda d: d.update(generation=-1),
+        lambda d: d.update(generation="7"),
+        lambda d: d["decisions"][0].update(last_used="today"),
+        lambda d: d["decisions"][0].update(last_used=False),
         lambda d: d.pop("format"),
         lambda d: d["decisions"][0].update(client="-bad"),
         lambda d: d["decisions"][0].update(fingerprint="ABCDEF" * 5 + "ab"),
@@ -57,6 +64,51 @@ def test_malformed_store_is_refused(mutate) -> None:  # type: ignore[no-untyped-
     mutate(document)
     with pytest.raises(StoreError):
         decode(json.dumps(document).encode())
+
+
+def test_version_1_file_is_read_and_written_back_as_version_2(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.json"
+    version1 = {
+        "format": "qsf-decisions",
+        "version": 1,
+        "decisions": [
+            {
+                "fingerprint": FP1,
+                "client": "work",
+                "server": "vault",
+                "folder": "L2hvbWUvdXNlci94",
+                "kind": "always",
+                "mode": "ro",
+                "created": NOW,
+            }
+        ],
+    }
+    path.write_text(json.dumps(version1))
+    store = Store(path)
+    assert store.snapshot() == ([decision()], 0)
+    assert json.loads(path.read_text())["version"] == 1  # reading never rewrites
+    with store.transaction() as transaction:
+        transaction.replace([*transaction.decisions, decision(FP2)])
+    document = json.loads(path.read_text())
+    assert (document["version"], document["generation"]) == (2, 1)
+    assert [entry["last_used"] for entry in document["decisions"]] == [None, None]
+    assert store.snapshot() == ([decision(), decision(FP2)], 1)
+
+
+def test_generation_grows_at_every_write_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "decisions.json")
+    assert store.snapshot() == ([], 0)
+    for expected in (1, 2):
+        with store.transaction() as transaction:
+            transaction.replace([decision(FP1 if expected == 1 else FP2)])
+        assert store.snapshot()[1] == expected
+    with store.transaction() as transaction:
+        transaction.replace(list(transaction.decisions))  # no change: no write
+    assert store.snapshot()[1] == 2
+    used = dataclasses.replace(decision(FP2), last_used=NOW + 5)
+    with store.transaction() as transaction:
+        transaction.replace([used])
+    assert store.snapshot() == ([used], 3)
 
 
 def test_transaction_writes_atomically_with_dot_temp_and_no_leftovers(tmp_path: Path) -> None:
@@ -123,12 +175,22 @@ UPSTREAM = {
     "ffffffffffffffffffffffffffffffff": {
         "source": "$anyvm", "target": "vault", "folder": "/x", "response": "ALLOW_ALWAYS",
     },
+    # Entries whose policy line would be refused, which would stop every later change.
+    "11111111111111111111111111111111": {
+        "source": "work", "target": "dom0", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
+    "22222222222222222222222222222222": {
+        "source": "work", "target": "work", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
+    "33333333333333333333333333333333": {
+        "source": "disp7", "target": "vault", "folder": "/x", "response": "ALLOW_ALWAYS",
+    },
 }
 
 
 def test_import_upstream_keeps_fingerprints_and_maps_responses() -> None:
     decisions, skipped = import_upstream(json.dumps(UPSTREAM).encode(), NOW)
-    assert skipped == 4  # one-time, "..", bad fingerprint, bad name
+    assert skipped == 7  # one-time, "..", bad fingerprint, bad name, dom0, loopback, disposable
     assert [(d.fingerprint[0], d.kind, d.folder) for d in decisions] == [
         ("a", Kind.ALWAYS, b"/home/user/Documents"),
         ("b", Kind.DENY, b"/home/user/secret"),
@@ -210,6 +272,20 @@ def test_static_policy_file_parses_as_qubes_policy() -> None:
         ["qsf.AuthorizeFolderAccess", "*", "@anyvm", "@adminvm", "allow"],
         ["qsf.QueryFolderAuthorization", "*", "@anyvm", "@adminvm", "allow"],
         ["qsf.ConnectToFolder", "*", "@anyvm", "@anyvm", "deny"],
+        ["qsf.AskFolderAccess", "*", "@adminvm", "@anyvm", "allow"],
+        ["qsf.AskFolderAccess", "*", "@anyvm", "@anyvm", "deny"],
     ]
     # Generated files sort before the static one, so their allow lines win.
     assert sorted([policy.GRANTS_FILE, policy.ONCE_FILE, "80-qsf.policy"])[-1] == "80-qsf.policy"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+def test_root_writes_the_store_as_its_directory_owner(tmp_path: Path) -> None:
+    directory = tmp_path / "shared-folders"
+    directory.mkdir()
+    os.chown(directory, 1000, 1000)
+    store = Store(directory / "qsf-decisions.json")
+    with store.transaction() as transaction:
+        transaction.replace([decision()])
+    info = os.stat(directory / "qsf-decisions.json")
+    assert (info.st_uid, info.st_gid) == (1000, 1000)

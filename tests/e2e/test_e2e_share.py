@@ -490,3 +490,32 @@ def _cmdline(pid: str) -> str:
             errors="replace")
     except OSError:
         return ""
+
+
+# --- dom0's qvm-folder-share on the simulated dom0 ------------------------------------
+
+
+def test_qvm_folder_share_grants_ahead_records_use_and_revokes(sim: Sim) -> None:
+    env = {**os.environ, "QSF_DOM0_ROOT": str(qube_dir(sim.root, "dom0"))}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([support.venv_program("qvm-folder-share"), *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    grant = cli("allow", "--read-only", "work", "server", str(share(sim))).split()[0]
+    prompts = len(sim.folder_prompts())
+    target = mountpoint(sim, "work")
+    result = qvm_mount(sim, "work", "server", share(sim, "sub"), target, "--read-only")
+    assert result.returncode == 0, result.stderr
+    assert len(sim.folder_prompts()) == prompts  # decided ahead: no dialog
+    [row] = json.loads(cli("list", "--json"))
+    assert (row["id"], row["mode"], row["pending"]) == (grant, "ro", False)
+    assert row["last_used"] is not None  # recorded by qsf.QueryFolderAuthorization
+    assert sim.run("work", ["qvm-mount-folder", "--unmount", str(target)]).returncode == 0
+    assert cli("revoke", "--client", "work").startswith(f"revoked {grant} ")
+    assert grant_lines(sim) == ([], [])
+    sim.answer_folder("deny")
+    assert qvm_mount(sim, "work", "server", share(sim), target).returncode == EXIT_DENIED
+    assert len(sim.folder_prompts()) == prompts + 1  # asked again once revoked

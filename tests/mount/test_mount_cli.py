@@ -200,7 +200,7 @@ def test_folder_is_normalised_and_escaped_in_fsname() -> None:
     ("reason", "text", "code"),
     [("user", "denied by the user", 3), ("block", "blocked", 3), ("policy", "never shares", 3),
      ("busy", "try later", 3), ("later", "denied (later)", 3), ("invalid", "malformed", 1),
-     ("internal", "dom0 failed", 1)],
+     ("internal", "dom0 failed", 1), ("nogui", "no dialog could be shown", 3)],
 )
 def test_denied_in_dom0(reason: str, text: str, code: int,
                         capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,8 +132,10 @@ def test_ok_then_serves_9p_on_the_same_channel(fake_dom0: Path) -> None:
 def test_read_only_grant_runs_the_server_read_only(fake_dom0: Path) -> None:
     from qsf_server.connect import server_argv
 
-    assert server_argv(b"/srv/x", "ro")[-4:] == [b"qsf_server", b"--read-only", b"--", b"/srv/x"]
-    assert server_argv(b"/srv/x", "rw")[-3:] == [b"qsf_server", b"--", b"/srv/x"]
+    assert server_argv(b"/srv/x", "ro", "work")[-6:] == [
+        b"qsf_server", b"--read-only", b"--client", b"work", b"--", b"/srv/x"]
+    assert server_argv(b"/srv/x", "rw", "work")[-5:] == [
+        b"qsf_server", b"--client", b"work", b"--", b"/srv/x"]
 
 
 def test_no_qrexec_client_is_internal(tmp_path: Path) -> None:
