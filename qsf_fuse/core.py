@@ -39,11 +39,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+# Negative entries (names found absent) the kernel may cache while change
+# notification is live; beyond this many, absences are not cached.
+MAX_NEGATIVE: Final = 16384
+
+
 @dataclass
 class FsOptions:
     cache_timeout: float = 1.0  # kernel entry and attribute cache, seconds
     ignoreqv: bool = False  # use the page cache even when qid.version is 0
     max_fids: int = DEFAULT_MAX_FIDS  # fids kept by known inodes (beyond: walk again)
+    # The same cache while the server pushes change events (notify.py).
+    notify_timeout: float = 300.0
 
 
 def boundary(
@@ -53,12 +60,18 @@ def boundary(
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        # The handler's owner (fs.Operations) counts it as running (Core.begin).
+        core: Core | None = getattr(args[0], "_core", None) if args else None
+        epoch = core.begin() if core is not None else 0
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except Exception as error:
             raise pyfuse3.FUSEError(errno_of(handler.__name__, error)) from None
+        finally:
+            if core is not None:
+                core.end(epoch)
 
     return wrapper
 
@@ -100,6 +113,56 @@ class Core:
         self._next_fh = 1
         # Messages the server answered EOPNOTSUPP to: their fallbacks are used directly.
         self.unsupported: set[type[m.Message]] = set()
+        # Change notification (notify.py): live while the server sends events.
+        self.live = False
+        # Names the kernel caches as absent, (parent inode, name): only while live.
+        self.negatives: set[tuple[int, bytes]] = set()
+        # Handlers running, by the epoch they started in; each batch of events
+        # starts a new epoch and is applied once the older handlers have ended,
+        # so that no reply computed before a change reaches the kernel after it.
+        self.epoch = 0
+        self._running: dict[int, int] = {}
+        self._ended = trio.Event()
+
+    # -- epochs and cache lifetimes -----------------------------------------
+
+    def begin(self) -> int:
+        epoch = self.epoch
+        self._running[epoch] = self._running.get(epoch, 0) + 1
+        return epoch
+
+    def end(self, epoch: int) -> None:
+        left = self._running[epoch] - 1
+        if left:
+            self._running[epoch] = left
+            return
+        del self._running[epoch]
+        if epoch < self.epoch:
+            self._ended.set()
+
+    async def new_epoch(self, timeout: float) -> None:
+        """Start an epoch; return once every handler of the older ones has ended
+        (or after timeout: a handler stuck on the server does not hold events up)."""
+        self.epoch += 1
+        with trio.move_on_after(timeout):
+            while any(epoch < self.epoch for epoch in self._running):
+                self._ended = trio.Event()
+                await self._ended.wait()
+
+    @property
+    def cache_timeout(self) -> float:
+        """How long the kernel may keep what it is told now."""
+        return self.options.notify_timeout if self.live else self.options.cache_timeout
+
+    def negative_entry(self, parent: Node, name: bytes) -> pyfuse3.EntryAttributes | None:
+        """An absence the kernel may cache (while live and within bounds), or None."""
+        if not self.live or len(self.negatives) >= MAX_NEGATIVE:
+            return None
+        self.negatives.add((parent.inode, name))
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = 0
+        attrs.entry_timeout = self.cache_timeout
+        return attrs
 
     def release_fid(self, fid: int) -> None:
         """Clunk fid in the background (called when the inode map lets go of it)."""
@@ -128,13 +191,15 @@ class Core:
     async def getattr_fid(self, fid: int) -> m.Rgetattr:
         return await self.client.call(m.Tgetattr(fid, c.GETATTR_BASIC), m.Rgetattr)
 
-    def entry(self, node: Node, reply: m.Rgetattr) -> pyfuse3.EntryAttributes:
+    def entry(self, node: Node, reply: m.Rgetattr,
+              timeout: float | None = None) -> pyfuse3.EntryAttributes:
         """The kernel's view of node from a fresh Rgetattr (also cached on node)."""
         if stat.S_ISDIR(reply.mode) != node.key[1]:
             raise BadReply("a qid and the mode of its file disagree on being a directory")
-        attrs = convert.entry_attributes(reply, node.inode, self.options.cache_timeout)
+        timeout = self.cache_timeout if timeout is None else timeout
+        attrs = convert.entry_attributes(reply, node.inode, timeout)
         node.attrs = attrs
-        node.attrs_expiry = trio.current_time() + self.options.cache_timeout
+        node.attrs_expiry = trio.current_time() + timeout
         self.note_version(node, reply)
         return attrs
 

@@ -7,7 +7,7 @@ import errno
 import logging
 import stat
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 import pyfuse3
 import trio
@@ -16,7 +16,7 @@ from qsf_p9 import constants as c
 from qsf_p9 import messages as m
 
 from . import convert
-from .client import P9Error
+from .client import BadReply, P9Error
 from .core import Core
 from .inodes import Node, UnknownInode
 
@@ -28,12 +28,20 @@ READDIR_BATCH: Final = 32
 MAX_DIR_ENTRIES: Final = 1_000_000
 
 
+class Listed(NamedTuple):
+    name: bytes
+    qid: m.Qid
+    plus: m.QsfDirent | None = None
+    epoch: int = 0
+
+
 @dataclass(eq=False)
 class OpenDir:
     fid: int
     node: Node
-    # Entries fetched so far, in server order: position i has next_id i + 1.
-    entries: list[tuple[bytes, m.Qid]] = field(default_factory=list)
+    # Entries fetched so far, in server order: position i has next_id i + 1. Each:
+    # name, qid, and from a Tqsfreaddir its entry and the epoch it came in.
+    entries: list[Listed] = field(default_factory=list)
     cookie: int = 0  # the 9P offset to continue from
     eof: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -42,6 +50,8 @@ class OpenDir:
     ready: dict[int, tuple[bytes, pyfuse3.EntryAttributes] | None] = field(
         default_factory=dict
     )
+    # The epoch each ready entry was resolved in.
+    ready_epoch: dict[int, int] = field(default_factory=dict)
     # The nodes handed to the kernel, in listing order (for the xattr read-ahead).
     listed: list[Node] = field(default_factory=list)
 
@@ -87,14 +97,20 @@ class Directories:
                     return
                 todo = [index for index in range(len(batch))
                         if position + index not in directory.ready]
+                ready_epoch = directory.ready_epoch
+                epoch = self._core.epoch
                 resolved = await self._resolve(directory.node, [batch[i] for i in todo])
                 for index, item in zip(todo, resolved, strict=True):
                     directory.ready[position + index] = item
+                    ready_epoch[position + index] = epoch
                 for index in range(len(batch)):
                     item = directory.ready.pop(position + index)
                     if item is None:  # vanished since it was listed
                         continue
                     name, attrs = item
+                    if ready_epoch.get(position + index, self._core.epoch) != self._core.epoch:
+                        # Resolved before the last change events: not for long.
+                        attrs.entry_timeout = attrs.attr_timeout = self._options.cache_timeout
                     if not pyfuse3.readdir_reply(token, name, attrs, position + index + 1):
                         # The kernel's buffer is full: keep it for the next call.
                         directory.ready[position + index] = item
@@ -117,18 +133,27 @@ class Directories:
             if item is not None and item[0] not in (b".", b".."):
                 self._nodes.forget(item[1].st_ino, 1)
         directory.ready.clear()
+        directory.ready_epoch.clear()
 
     async def _fetch(self, directory: OpenDir) -> None:
         count = self._client.msize - c.READDIRHDRSZ
-        reply = await self._client.call(
-            m.Treaddir(directory.fid, directory.cookie, count), m.Rreaddir
-        )
+        reply: m.Rreaddir | m.Rqsfreaddir
+        epoch = self._core.epoch
+        if self._client.qsf:
+            reply = await self._client.call(
+                m.Tqsfreaddir(directory.fid, directory.cookie, count), m.Rqsfreaddir
+            )
+        else:
+            reply = await self._client.call(
+                m.Treaddir(directory.fid, directory.cookie, count), m.Rreaddir
+            )
         if not reply.entries:
             directory.eof = True
             return
         for entry in reply.entries:
             if convert.valid_entry_name(entry.name) or entry.name in (b".", b".."):
-                directory.entries.append((entry.name, entry.qid))
+                plus = entry if isinstance(entry, m.QsfDirent) else None
+                directory.entries.append(Listed(entry.name, entry.qid, plus, epoch))
             else:
                 log.warning("skipping a directory entry with an invalid name %r", entry.name)
         directory.cookie = reply.entries[-1].offset
@@ -137,7 +162,7 @@ class Directories:
             directory.eof = True
 
     async def _resolve(
-        self, parent: Node, batch: list[tuple[bytes, m.Qid]]
+        self, parent: Node, batch: list[Listed]
     ) -> list[tuple[bytes, pyfuse3.EntryAttributes] | None]:
         """Attributes for each listed name, each counted as one lookup (None if gone)."""
         results: list[tuple[bytes, pyfuse3.EntryAttributes] | None] = [None] * len(batch)
@@ -151,6 +176,11 @@ class Directories:
             return attrs
 
         async def resolve(index: int, name: bytes, qid: m.Qid) -> None:
+            if batch[index].plus is not None:
+                listed = self._from_listing(parent, batch[index])
+                if listed is not None:
+                    results[index] = (name, listed)
+                    return
             try:
                 node = self._nodes.find(qid)
                 if node is not None:
@@ -166,7 +196,7 @@ class Directories:
 
         try:
             async with trio.open_nursery() as nursery:
-                for index, (name, qid) in enumerate(batch):
+                for index, (name, qid, _, _) in enumerate(batch):
                     if name in (b".", b".."):
                         results[index] = (name, dot(name, qid))
                     else:
@@ -177,6 +207,28 @@ class Directories:
                     self._nodes.forget(result[1].st_ino, 1)
             raise
         return results
+
+    def _from_listing(self, parent: Node, listed: Listed) -> pyfuse3.EntryAttributes | None:
+        """The entry from a Tqsfreaddir listing's own attributes, as one lookup;
+        None when they cannot be used (not given, or events came since)."""
+        plus = listed.plus
+        if (plus is None or not plus.flags & c.QSF_DIRENT_ATTR
+                or plus.attr.qid.path != plus.qid.path or listed.epoch != self._core.epoch):
+            return None
+        for nsec in (plus.attr.atime_nsec, plus.attr.mtime_nsec, plus.attr.ctime_nsec):
+            if nsec >= 1_000_000_000:
+                raise BadReply(f"Rqsfreaddir entry with {nsec} nanoseconds")
+        node = self._nodes.remember(plus.qid, None, parent, listed.name)
+        try:
+            attrs = self._core.entry(node, plus.attr)
+        except BaseException:
+            self._nodes.forget(node.inode, 1)
+            raise
+        if plus.flags & c.QSF_DIRENT_XATTRS:
+            node.extra.pop("no_xattrs", None)
+        else:
+            node.extra["no_xattrs"] = True
+        return attrs
 
     async def _refresh_known(self, node: Node) -> pyfuse3.EntryAttributes:
         """Fresh attributes of a node already known, as one more lookup of it.

@@ -6,8 +6,9 @@ xattrs.py: extended attributes), through `boundary`, which turns every error
 into the FUSEError pyfuse3 accepts (core.py).
 
 Coherence with a server that changes files under us: entries and attributes
-live `cache_timeout` seconds in the kernel (1 s by default); file data is kept
-across opens only while the file looks unchanged (data.py). Locks are not sent
+live `cache_timeout` seconds in the kernel (1 s by default), or minutes while
+a qsf server pushes change events (notify.py); file data is kept across opens
+only while the file looks unchanged (data.py). Locks are not sent
 to the server: pyfuse3 has no lock handlers, so POSIX and flock locks are
 local to this client.
 """
@@ -29,6 +30,7 @@ from .data import Files
 from .dirs import Directories
 from .inodes import InodeMap
 from .names import Names
+from .notify import Notifier
 from .xattrs import Xattrs
 
 __all__ = ["FsOptions", "Operations"]
@@ -54,10 +56,16 @@ class Operations(pyfuse3.Operations):
         self._files = Files(self._core)
         self._dirs = Directories(self._core)
         self._xattrs = Xattrs(self._core)
+        self.notifier = Notifier(self._core)
 
     @property
     def nodes(self) -> InodeMap:
         return self._core.nodes
+
+    async def watch_changes(self) -> None:
+        """Keep the kernel's caches long and push the server's change events to
+        them, while the server sends them (a session with the qsf extensions)."""
+        await self.notifier.run()
 
     # -- names -------------------------------------------------------------
 

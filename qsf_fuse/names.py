@@ -30,7 +30,17 @@ class Names:
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._nodes.get(parent_inode)
-        return await self._core.walk_entry(parent, convert.check_name(name))
+        name = convert.check_name(name)
+        try:
+            return await self._core.walk_entry(parent, name)
+        except P9Error as error:
+            if error.errno == errno.ENOENT:
+                # While change events come, the kernel may remember the absence
+                # (a CREATED event for the name drops it).
+                negative = self._core.negative_entry(parent, name)
+                if negative is not None:
+                    return negative
+            raise
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._nodes.get(inode)

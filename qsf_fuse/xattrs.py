@@ -58,10 +58,15 @@ class Xattrs:
         pending: dict[bytes, trio.Event] = node.extra.get("xattr_pending", {})
         if name in pending:  # asked already by the read-ahead
             await pending[name].wait()
-        if self._known_absent(node, name):
+        if self._known_absent(node, name) or self._has_none(node):
             raise P9Error(errno.ENODATA)
         self._read_ahead(node, name)
         return await self._fetch(node, name)
+
+    def _has_none(self, node: Node) -> bool:
+        """Whether the file has no extended attributes at all, as a Tqsfreaddir
+        listing said (kept while change events come: an ATTRIB event drops it)."""
+        return self._core.live and bool(node.extra.get("no_xattrs"))
 
     def _known_absent(self, node: Node, name: bytes) -> bool:
         absent: dict[bytes, float] = node.extra.get("absent_xattrs", {})
@@ -78,12 +83,12 @@ class Xattrs:
             raise
 
     def _note_absent(self, node: Node, name: bytes, generation: int) -> None:
-        if self._options.cache_timeout <= 0 or node.extra.get("xattr_generation", 0) != generation:
+        if self._core.cache_timeout <= 0 or node.extra.get("xattr_generation", 0) != generation:
             return  # written meanwhile: the answer may be old
         absent: dict[bytes, float] = node.extra.setdefault("absent_xattrs", {})
         if len(absent) > 64:
             absent.clear()
-        absent[name] = trio.current_time() + self._options.cache_timeout
+        absent[name] = trio.current_time() + self._core.cache_timeout
 
     def _read_ahead(self, node: Node, name: bytes) -> None:
         """Ask name of the files listed after node, in the background.
@@ -94,7 +99,7 @@ class Xattrs:
         asked (no walk), and only names found absent are remembered.
         """
         listing = node.extra.get("listing")
-        if listing is None or self._options.cache_timeout <= 0 or name in self._xattrs_present:
+        if listing is None or self._core.cache_timeout <= 0 or name in self._xattrs_present:
             return
         listed, index = listing
         window: list[tuple[Node, trio.Event]] = []
@@ -136,6 +141,8 @@ class Xattrs:
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         node = self._nodes.get(inode)
+        if self._has_none(node):
+            return []
         names = await self.read(node, b"")
         return [name for name in names.split(b"\0") if name]
 
@@ -145,6 +152,7 @@ class Xattrs:
         if len(value) > XATTR_SIZE_MAX:
             raise P9Error(errno.E2BIG)
         node.extra.pop("absent_xattrs", None)
+        node.extra.pop("no_xattrs", None)
         node.extra["xattr_generation"] = node.extra.get("xattr_generation", 0) + 1
         fid = await self._core.clone(node)
         try:
