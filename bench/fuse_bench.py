@@ -46,7 +46,7 @@ from pathlib import Path
 MIB = 1024 * 1024
 TARGETS = ("qsf", "qsf-plain", "sshfs", "local")
 # The coherence row waits at most this long for a change to show.
-COHERENCE_CAP = 3.0
+COHERENCE_CAP = 2.0
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
@@ -63,7 +63,7 @@ class Size:
 SIZES = {
     "tiny": Size(nbytes=16 * MIB, files=200, listed=300, rounds=1, fio_seconds=2, changes=3),
     "small": Size(nbytes=128 * MIB, files=2000, listed=10000, rounds=3, fio_seconds=5,
-                  changes=10),
+                  changes=5),
     "medium": Size(nbytes=512 * MIB, files=2000, listed=10000, rounds=5, fio_seconds=10,
                    changes=20),
 }

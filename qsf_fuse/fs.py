@@ -57,6 +57,10 @@ class Operations(pyfuse3.Operations):
         self._dirs = Directories(self._core)
         self._xattrs = Xattrs(self._core)
         self.notifier = Notifier(self._core)
+        # With change events, the kernel may cache POSIX ACLs too (an ATTRIB event
+        # invalidates the inode, and with it the cached ACLs): `ls -l` then asks
+        # system.posix_acl_access once per file, not once per listing.
+        self.enable_acl = client.qsf
 
     @property
     def nodes(self) -> InodeMap:
