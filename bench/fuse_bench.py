@@ -311,7 +311,7 @@ def measure(size: Size, rounds: int) -> dict[str, dict[str, list[float]]]:
                     for name, value in values.items():
                         results[target][name].append(value)
                 shutil.rmtree(base)
-                print(f"round {round_index + 1}/{size.rounds}: {target} done", file=sys.stderr)
+                print(f"round {round_index + 1}/{rounds}: {target} done", file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results

@@ -12,8 +12,8 @@ import errno
 import functools
 import logging
 import stat
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -39,6 +39,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+# Changes this mount makes itself come back as change events: the kernel knows
+# them already, so the matching event is skipped if it comes within this window.
+OWN_WINDOW: Final = 1.0
+MAX_OWN: Final = 8192
 # Negative entries (names found absent) the kernel may cache while change
 # notification is live; beyond this many, absences are not cached.
 MAX_NEGATIVE: Final = 16384
@@ -121,6 +125,9 @@ class Core:
         # starts a new epoch and is applied once the older handlers have ended,
         # so that no reply computed before a change reaches the kernel after it.
         self.epoch = 0
+        # Own changes, ("in"|"out", directory qid.path, name) or ("file", qid.path),
+        # and until when their echo is expected.
+        self.own: dict[tuple[object, ...], float] = {}
         self._running: dict[int, int] = {}
         self._ended = trio.Event()
 
@@ -148,6 +155,34 @@ class Core:
             while any(epoch < self.epoch for epoch in self._running):
                 self._ended = trio.Event()
                 await self._ended.wait()
+
+    @contextmanager
+    def own_change(self, key: tuple[object, ...]) -> Iterator[None]:
+        """Expect key's change event as the echo of the block's request (dropped if it fails).
+
+        A name coming in ("in") or going ("out") of a directory is keyed by kind,
+        so a foreign change of another kind is never taken for ours; a failed
+        request expects nothing (a foreign create that made ours fail EEXIST
+        still invalidates)."""
+        if not self.live:
+            yield
+            return
+        if len(self.own) >= MAX_OWN:
+            now = trio.current_time()
+            self.own = {k: t for k, t in self.own.items() if t > now}
+            if len(self.own) >= MAX_OWN:
+                self.own.clear()
+        self.own[key] = trio.current_time() + OWN_WINDOW
+        try:
+            yield
+        except BaseException:
+            self.own.pop(key, None)
+            raise
+
+    def is_own(self, key: tuple[object, ...]) -> bool:
+        """Whether an event is the echo of this mount's own change (consumed)."""
+        until = self.own.pop(key, None)
+        return until is not None and until >= trio.current_time()
 
     @property
     def cache_timeout(self) -> float:

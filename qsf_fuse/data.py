@@ -80,11 +80,12 @@ class Files:
             # The Tgetattr goes right behind the Tlcreate (one round trip): the fid is
             # the new file once Tlcreate succeeded, and its answer is ignored otherwise.
             lcreate = m.Tlcreate(fid, name, wire_flags, stat.S_IMODE(mode), ctx.gid)
-            created_or_error, reply_or_error = await self._client.call_chain(
-                [lcreate, m.Tgetattr(fid, c.GETATTR_BASIC)]
-            )
-            if isinstance(created_or_error, P9Error):
-                raise created_or_error
+            with self._core.own_change(("in", parent.key[0], name)):
+                created_or_error, reply_or_error = await self._client.call_chain(
+                    [lcreate, m.Tgetattr(fid, c.GETATTR_BASIC)]
+                )
+                if isinstance(created_or_error, P9Error):
+                    raise created_or_error
             assert isinstance(created_or_error, m.Rlcreate)
             created = created_or_error
             if (isinstance(reply_or_error, m.Rgetattr)

@@ -120,9 +120,10 @@ class Names:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
         async with self._core.use(parent) as dfid:
-            await self._client.call(
-                m.Tmkdir(dfid, name, stat.S_IMODE(mode), ctx.gid), m.Rmkdir
-            )
+            with self._core.own_change(("in", parent.key[0], name)):
+                await self._client.call(
+                    m.Tmkdir(dfid, name, stat.S_IMODE(mode), ctx.gid), m.Rmkdir
+                )
         return await self._core.walk_entry(parent, name)
 
     async def symlink(
@@ -131,7 +132,8 @@ class Names:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
         async with self._core.use(parent) as dfid:
-            await self._client.call(m.Tsymlink(dfid, name, target, ctx.gid), m.Rsymlink)
+            with self._core.own_change(("in", parent.key[0], name)):
+                await self._client.call(m.Tsymlink(dfid, name, target, ctx.gid), m.Rsymlink)
         return await self._core.walk_entry(parent, name)
 
     async def link(
@@ -141,7 +143,8 @@ class Names:
         parent = self._nodes.get(new_parent_inode)
         new_name = convert.check_name(new_name)
         async with self._core.use(parent) as dfid, self._core.use(node) as fid:
-            await self._client.call(m.Tlink(dfid, fid, new_name), m.Rlink)
+            with self._core.own_change(("in", parent.key[0], new_name)):
+                await self._client.call(m.Tlink(dfid, fid, new_name), m.Rlink)
         # The new name is a lookup of the same file.
         return await self._core.walk_entry(parent, new_name)
 
@@ -151,7 +154,8 @@ class Names:
         async with self._core.use(parent) as dfid:
             if m.Tunlinkat not in self._core.unsupported:
                 try:
-                    await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
+                    with self._core.own_change(("out", parent.key[0], name)):
+                        await self._client.call(m.Tunlinkat(dfid, name, flags), m.Runlinkat)
                     return
                 except P9Error as error:
                     if error.errno != errno.EOPNOTSUPP:
@@ -184,9 +188,11 @@ class Names:
         name_new = convert.check_name(name_new)
         async with self._core.use(old_parent) as old_dfid, self._core.use(new_parent) as new_dfid:
             try:
-                await self._client.call(
-                    m.Trenameat(old_dfid, name_old, new_dfid, name_new), m.Rrenameat
-                )
+                with (self._core.own_change(("out", old_parent.key[0], name_old)),
+                      self._core.own_change(("in", new_parent.key[0], name_new))):
+                    await self._client.call(
+                        m.Trenameat(old_dfid, name_old, new_dfid, name_new), m.Rrenameat
+                    )
             except P9Error as error:
                 if error.errno != errno.EOPNOTSUPP:
                     raise

@@ -113,11 +113,13 @@ class Notifier:
             return out
         # A name came or went in a directory: its entry, and the directory's attributes.
         known = self._nodes(event.path)  # a created or moved-in file we knew
+        arrived = kind in (c.QSF_EV_CREATED, c.QSF_EV_MOVED_TO)
+        if self._core.is_own(("in" if arrived else "out", event.dir, event.name)):
+            return out  # our own create, unlink or rename: the kernel knows
         for directory in self._nodes(event.dir):
             if not directory.key[1]:
                 continue
             self._core.negatives.discard((directory.inode, event.name))
-            arrived = kind in (c.QSF_EV_CREATED, c.QSF_EV_MOVED_TO)
             if not (arrived and any(node.parent is directory and node.name == event.name
                                     for node in known)):
                 # (The kernel's entry already names that file when we made it: kept.)
