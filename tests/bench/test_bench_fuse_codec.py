@@ -66,3 +66,15 @@ def test_codec_micro_benchmark_reports_every_message() -> None:
         line = next(line for line in stdout.splitlines() if line.startswith(row))
         figures = [float(word) for word in line[len(row):].split()]
         assert len(figures) == 5 and all(figure > 0 for figure in figures), line
+
+
+@pytest.mark.fuse
+def test_tiny_cpu_per_operation_reports_every_operation() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the CPU benchmark drops the page cache: it needs root")
+    support.need_fuse()
+    stdout = run_bench(["bench.fuse_cpu", "--files", "50"], 300)
+    for operation in ("ls -l (cold)", "ls -l (warm)", "stat (cold)", "create", "unlink"):
+        line = next(line for line in stdout.splitlines() if line.startswith(f"| {operation} |"))
+        figures = [float(cell) for cell in line.strip("|").split("|")[1:]]
+        assert len(figures) == 4 and all(figure >= 0 for figure in figures), line
