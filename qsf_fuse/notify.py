@@ -50,32 +50,35 @@ class Notifier:
         self.applied = trio.Event()  # set after each batch (tests)
 
     async def run(self) -> None:
-        """Poll until the connection or the server's notification ends."""
+        """Poll until the connection or the server's notification ends (or until
+        cancelled, at unmount)."""
         core = self._core
-        client = core.client
         core.live = True
         try:
-            while True:
-                count = min(POLL_BYTES, client.msize - c.IOHDRSZ)
-                try:
-                    reply = await client.call(m.Tqsfwatch(count), m.Rqsfwatch)
-                except ConnectionLost:
-                    return
-                except P9Error as error:
-                    if error.errno != errno.ETIMEDOUT:
-                        log.warning("change notification ends: %s", error)
-                        return
-                    continue  # a long poll may outlast the request timeout
-                ended = await self._apply(reply.events)
-                if ended:
-                    log.info("the server ended change notification")
-                    return
+            stopped = await self._poll()
         finally:
-            if core.live:
-                core.live = False
-                if not client.dead:
-                    with trio.CancelScope(shield=True):
-                        await self._invalidate(self._everything())
+            core.live = False
+        if stopped and not core.client.dead:
+            # Back to short lifetimes: nothing cached for long may stay.
+            await self._invalidate(self._everything())
+
+    async def _poll(self) -> bool:
+        """Apply batches; True once notification stopped (False: the connection went)."""
+        client = self._core.client
+        while True:
+            count = min(POLL_BYTES, client.msize - c.IOHDRSZ)
+            try:
+                reply = await client.call(m.Tqsfwatch(count), m.Rqsfwatch)
+            except ConnectionLost:
+                return False
+            except P9Error as error:
+                if error.errno == errno.ETIMEDOUT:
+                    continue  # a long poll may outlast the request timeout
+                log.warning("change notification ends: %s", error)
+                return True
+            if await self._apply(reply.events):
+                log.info("the server ended change notification")
+                return True
 
     async def _apply(self, events: tuple[m.QsfEvent, ...]) -> bool:
         """Apply one batch; whether the server ended notification."""
