@@ -137,6 +137,24 @@ def _random_value(rng: random.Random, annotation: str) -> object:
                    _random_value(rng, "bytes"))  # type: ignore[arg-type]
             for _ in range(rng.randint(0, 20))
         )
+    if annotation == "Rgetattr":
+        values = [_random_value(rng, "Qid") if f.name == "qid"
+                  else rng.getrandbits(rng.choice([8, 32]))
+                  for f in dataclasses.fields(m.Rgetattr)]
+        return m.Rgetattr(*values)
+    if annotation == "tuple[QsfDirent, ...]":
+        return tuple(
+            m.QsfDirent(_random_value(rng, "Qid"), rng.getrandbits(64), rng.randint(0, 255),  # type: ignore[arg-type]
+                        _random_value(rng, "bytes"), rng.randint(0, 255),  # type: ignore[arg-type]
+                        _random_value(rng, "Rgetattr"))  # type: ignore[arg-type]
+            for _ in range(rng.randint(0, 8))
+        )
+    if annotation == "tuple[QsfEvent, ...]":
+        return tuple(
+            m.QsfEvent(rng.randint(0, 255), rng.getrandbits(64), rng.getrandbits(64),
+                       _random_value(rng, "bytes"))  # type: ignore[arg-type]
+            for _ in range(rng.randint(0, 20))
+        )
     raise AssertionError(f"no generator for {annotation}")
 
 

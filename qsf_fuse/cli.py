@@ -145,14 +145,14 @@ async def _mount_and_serve(
 ) -> MountError | None:
     """Attach, mount and serve until unmounted; the reason if the mount was not made."""
     try:
-        await client.negotiate(config.msize)
+        await client.negotiate(config.msize, qsf=config.qsf)
         root_fid, root_qid = await client.attach(config.uname, config.aname, config.n_uname)
     except P9Error as error:
         return MountError(f"the server refused the session: {error.args[-1]}")
     operations = Operations(
         client, root_fid, root_qid, nursery,
         FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
-                  max_fids=config.max_fids),
+                  max_fids=config.max_fids, notify_timeout=config.notify_timeout),
     )
     # Listening before the mount appears: a signal sent as soon as it is seen is
     # handled (it is taken once pyfuse3.main runs), not fatal.
@@ -161,16 +161,25 @@ async def _mount_and_serve(
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())
     except RuntimeError as error:
         return MountError(f"cannot mount on {config.mountpoint}: {error}")
+    notifying = trio.CancelScope()
+    if client.qsf:
+        nursery.start_soon(_notify, operations, notifying)
     try:
         ready()
         await pyfuse3.main()
     finally:
+        notifying.cancel()
         pyfuse3.close(unmount=True)
     # Unmounted: end the session cleanly before the channel closes.
     with trio.move_on_after(SHUTDOWN_GRACE):
         await operations.clunk_all()
         await client.quiesce()
     return None
+
+
+async def _notify(operations: Operations, scope: trio.CancelScope) -> None:
+    with scope:
+        await operations.watch_changes()
 
 
 def serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> None:

@@ -28,7 +28,15 @@ import trio
 
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
-from qsf_p9.codec import DIRENT_OVERHEAD, EOF, NEED_DATA, Decoder, encode
+from qsf_p9.codec import (
+    DIRENT_OVERHEAD,
+    EOF,
+    NEED_DATA,
+    QSF_DIRENT_OVERHEAD,
+    QSF_EVENT_OVERHEAD,
+    Decoder,
+    encode,
+)
 from qsf_p9.errors import FramingError, MessageError
 
 log = logging.getLogger(__name__)
@@ -109,7 +117,8 @@ def _check_reply(request: m.Message, reply: m.Message, msize: int) -> m.Message:
 
 def _check_rversion(request: m.Message, reply: m.Message, msize: int) -> None:
     assert isinstance(request, m.Tversion) and isinstance(reply, m.Rversion)
-    if reply.version != c.VERSION_9P2000L:
+    # Asked for the qsf extensions, a server may grant them or answer plain 9P2000.L.
+    if reply.version not in (c.VERSION_9P2000L, request.version):
         raise P9Error(errno.EPROTONOSUPPORT, f"server speaks {reply.version!r}, not 9P2000.L")
     if not c.MIN_MSIZE <= reply.msize <= request.msize:
         raise BadReply(f"msize {reply.msize} outside {c.MIN_MSIZE}..{request.msize}")
@@ -142,6 +151,25 @@ def _check_rreaddir(request: m.Message, reply: m.Message, msize: int) -> None:
         raise BadReply(f"Rreaddir of {used} bytes for {request.count} asked")
 
 
+def _check_rqsfreaddir(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Tqsfreaddir) and isinstance(reply, m.Rqsfreaddir)
+    used = sum(QSF_DIRENT_OVERHEAD + len(entry.name) for entry in reply.entries)
+    if used > request.count:
+        raise BadReply(f"Rqsfreaddir of {used} bytes for {request.count} asked")
+
+
+def _check_rqsfwatch(request: m.Message, reply: m.Message, msize: int) -> None:
+    assert isinstance(request, m.Tqsfwatch) and isinstance(reply, m.Rqsfwatch)
+    used = sum(QSF_EVENT_OVERHEAD + len(event.name) for event in reply.events)
+    if used > request.count:
+        raise BadReply(f"Rqsfwatch of {used} bytes for {request.count} asked")
+    if not reply.events:
+        raise BadReply("Rqsfwatch without events")
+    for event in reply.events:
+        if not 0 < event.kind <= c.QSF_EV_LAST:
+            raise BadReply(f"Rqsfwatch event of unknown kind {event.kind}")
+
+
 def _check_rxattrwalk(request: m.Message, reply: m.Message, msize: int) -> None:
     assert isinstance(reply, m.Rxattrwalk)
     if reply.size > XATTR_SIZE_MAX:
@@ -170,6 +198,8 @@ _CHECKS = {
     m.Rxattrwalk: _check_rxattrwalk,
     m.Rreadlink: _check_rreadlink,
     m.Rgetattr: _check_rgetattr,
+    m.Rqsfreaddir: _check_rqsfreaddir,
+    m.Rqsfwatch: _check_rqsfwatch,
 }
 
 
@@ -227,6 +257,7 @@ class P9Client:
         # Set when the server stopped answering (rather than closing the channel).
         self.unresponsive = False
         self._idle = trio.Event()  # set whenever the last call in flight ends
+        self.qsf = False  # the server granted the qsf extensions (negotiate)
 
     # -- life cycle --------------------------------------------------------
 
@@ -527,10 +558,26 @@ class P9Client:
 
     # -- typed helpers -----------------------------------------------------
 
-    async def negotiate(self, msize: int) -> int:
-        """Tversion; returns the negotiated msize (also bounds replies from now on)."""
+    async def negotiate(self, msize: int, *, qsf: bool = False) -> int:
+        """Tversion; returns the negotiated msize (also bounds replies from now on).
+
+        With qsf, "9P2000.L.qsf1" is offered first (docs/PROTOCOL.md); a server
+        that refuses it (Rlerror, or another version such as "unknown") is asked
+        for plain 9P2000.L. `self.qsf` tells whether the extensions were granted.
+        """
         msize = max(c.MIN_MSIZE, min(msize, c.MAX_MSIZE))
-        reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        self.qsf = False
+        reply: m.Rversion | None = None
+        if qsf:
+            try:
+                reply = await self.call(m.Tversion(msize, c.VERSION_QSF), m.Rversion)
+            except (ConnectionLost, BadReply, CallTimeout):
+                raise
+            except P9Error:
+                reply = None  # refused: ask again for plain 9P2000.L
+        if reply is None:
+            reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        self.qsf = reply.version == c.VERSION_QSF
         self.msize = reply.msize
         self._decoder.msize = reply.msize
         return reply.msize

@@ -7,8 +7,9 @@ every readdirplus entry) adds one, `forget` takes its count away, and a node at
 zero is dropped and its fid clunked.
 
 Inode numbers are ours, not the server's qid.path (a hostile server could make
-those collide with the root): a counter, never reused. Two names with the same
-qid (hard links, or a file looked up again) share one node.
+those collide with the root): a counter, never given to another file (a file
+forgotten and looked up again gets its old number back, MAX_RETIRED). Two
+names with the same qid (hard links, or a file looked up again) share one node.
 
 A node's fid can be replaced by a fresher one (a path-based server such as diod
 ties a fid to the path it was walked by). An operation holds the fid it uses
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE: Final = 1  # pyfuse3.ROOT_INODE
 DEFAULT_MAX_FIDS: Final = 4096
+# Inode numbers of forgotten files kept for their qid: a file the kernel forgot
+# (after an invalidation) and looks up again keeps its st_ino, as programs
+# such as tar expect of a file that did not change.
+MAX_RETIRED: Final = 65536
 
 
 @dataclass(eq=False)
@@ -97,6 +102,7 @@ class InodeMap:
         # Nodes (but the root) that hold a fid, least recently used first.
         self._with_fid: OrderedDict[int, Node] = OrderedDict()
         self._next_inode = ROOT_INODE + 1
+        self._retired: OrderedDict[Key, int] = OrderedDict()
         # The root is never forgotten nor evicted: its lookup count is not tracked.
         self.root = Node(ROOT_INODE, key_of(root_qid), FidRef(root_fid), lookups=1)
         self._nodes[ROOT_INODE] = self.root
@@ -122,6 +128,18 @@ class InodeMap:
         """The node of a file already known (by qid), if any."""
         return self._by_key.get(key_of(qid))
 
+    def find_path(self, path: int) -> list[Node]:
+        """The nodes known by a qid.path (a file and a directory may share one)."""
+        nodes = [node for node in (self._by_key.get((path, False)), self._by_key.get((path, True)))
+                 if node is not None]
+        if self.root.key[0] == path:
+            nodes.append(self.root)
+        return nodes
+
+    def known(self) -> list[Node]:
+        """Every node (the root included)."""
+        return list(self._nodes.values())
+
     def remember(self, qid: Qid, fid: int | None, parent: Node, name: bytes) -> Node:
         """Record one more lookup of the file qid names, as parent/name.
 
@@ -132,8 +150,11 @@ class InodeMap:
         key = key_of(qid)
         node = self._by_key.get(key)
         if node is None:
-            node = Node(self._next_inode, key, None)
-            self._next_inode += 1
+            number = self._retired.pop(key, None)
+            if number is None:
+                number = self._next_inode
+                self._next_inode += 1
+            node = Node(number, key, None)
             self._nodes[node.inode] = node
             self._by_key[key] = node
         node.parent, node.name = parent, name
@@ -211,6 +232,9 @@ class InodeMap:
         del self._nodes[inode]
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
+            self._retired[node.key] = inode
+            if len(self._retired) > MAX_RETIRED:
+                self._retired.popitem(last=False)
         self._with_fid.pop(inode, None)
         if node.ref is not None:
             ref, node.ref = node.ref, None

@@ -27,6 +27,9 @@ mount options (-o, comma-separated):
   aname=A            the tree to attach (diod: its export path); default empty
   uname=U            the user name to attach as; default the caller's login name
   timeout=S          seconds the kernel caches entries and attributes (default 1)
+  notify_timeout=S   the same while a qsf server pushes change events (default 300)
+  noqsf              do not offer qsf's extensions to 9P2000.L (plain 9P2000.L
+                     only; they are offered by default and any server may refuse)
   request_timeout=S  seconds to wait for any reply before failing the call with
                      ETIMEDOUT (default 30; 0 waits forever)
   msize=N            the largest 9P message to negotiate (4096..1048576, default 1 MiB)
@@ -58,6 +61,8 @@ class MountConfig:
     uname: bytes = b""
     n_uname: int = field(default_factory=os.getuid)
     cache_timeout: float = 1.0
+    notify_timeout: float = 300.0
+    qsf: bool = True
     request_timeout: float = DEFAULT_TIMEOUT
     msize: int = c.MAX_MSIZE
     fsname: str = "qsf"
@@ -123,6 +128,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                     config.kernel_flags.append(name)
                 elif name == "ignoreqv":
                     config.ignoreqv = True
+                elif name == "noqsf":
+                    config.qsf = False
                 elif name in FORCED_FLAGS:
                     pass
                 elif name in _REFUSED:
@@ -136,6 +143,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                 config.uname = os.fsencode(value)
             elif name == "timeout":
                 config.cache_timeout = _seconds(name, value)
+            elif name == "notify_timeout":
+                config.notify_timeout = _seconds(name, value)
             elif name == "request_timeout":
                 config.request_timeout = _seconds(name, value)
             elif name == "msize":

@@ -22,12 +22,19 @@ from . import fast, spec
 from .errors import FramingError, MessageError
 from .messages import REPLIES, REQUESTS, Message
 
-__all__ = ["DIRENT_OVERHEAD", "EOF", "NEED_DATA", "RREAD_OVERHEAD", "Decoder", "encode"]
+__all__ = [
+    "DIRENT_OVERHEAD", "EOF", "NEED_DATA", "QSF_DIRENT_OVERHEAD", "QSF_EVENT_OVERHEAD",
+    "RREAD_OVERHEAD", "Decoder", "encode",
+]
 
 # Bytes of an Rread frame besides its data: size[4] type[1] tag[2] count[4].
 RREAD_OVERHEAD: Final = 11
 # A Rreaddir entry takes DIRENT_OVERHEAD + len(name) bytes.
 DIRENT_OVERHEAD: Final = 24
+# An Rqsfreaddir entry: a Rreaddir entry, flags[1] and a 153-byte Rgetattr body.
+QSF_DIRENT_OVERHEAD: Final = DIRENT_OVERHEAD + 1 + 153
+# An Rqsfwatch event takes QSF_EVENT_OVERHEAD + len(name) bytes.
+QSF_EVENT_OVERHEAD: Final = 19
 
 _MAX_FRAME: Final = 0xFFFFFFFF
 # Pieces smaller than this that arrive behind a partial frame are gathered in

@@ -6,6 +6,8 @@ Values as in Linux include/net/9p/9p.h and fs/9p (see reference/9p2000L.md).
 from typing import Final
 
 VERSION_9P2000L: Final = b"9P2000.L"
+# 9P2000.L plus qsf's extensions (docs/PROTOCOL.md): offered in Tversion first.
+VERSION_QSF: Final = b"9P2000.L.qsf1"
 
 # Framing
 HDRSZ: Final = 7  # size[4] type[1] tag[2]
@@ -50,6 +52,24 @@ TREAD: Final = 116
 TWRITE: Final = 118
 TCLUNK: Final = 120
 TREMOVE: Final = 122
+# qsf extensions (only in a session negotiated with VERSION_QSF)
+TQSFREADDIR: Final = 200
+TQSFWATCH: Final = 202
+
+# Rqsfreaddir entry flags
+QSF_DIRENT_ATTR: Final = 0x01  # attr holds the entry's attributes (else: walk to it)
+QSF_DIRENT_XATTRS: Final = 0x02  # the file has extended attributes (else: none at all)
+
+# Rqsfwatch event kinds
+QSF_EV_CHANGED: Final = 1  # path's data changed
+QSF_EV_ATTRIB: Final = 2  # path's attributes (or extended attributes) changed
+QSF_EV_CREATED: Final = 3  # name appeared in directory dir (path: the new file, or 0)
+QSF_EV_REMOVED: Final = 4  # name vanished from directory dir
+QSF_EV_MOVED_FROM: Final = 5  # name left directory dir by a rename
+QSF_EV_MOVED_TO: Final = 6  # name came into directory dir by a rename (path as CREATED)
+QSF_EV_RESET: Final = 7  # events were lost: forget everything cached
+QSF_EV_ENDED: Final = 8  # no more events will come: forget everything, stop caching long
+QSF_EV_LAST: Final = QSF_EV_ENDED
 
 # Qid types
 QTDIR: Final = 0x80

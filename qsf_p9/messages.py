@@ -517,13 +517,72 @@ class Runlinkat(Message):
     TYPE = c.TUNLINKAT + 1
 
 
+# -- qsf extensions (docs/PROTOCOL.md) ---------------------------------------
+
+
+class QsfDirent(NamedTuple):
+    """One Rqsfreaddir entry: a Dirent, flags (QSF_DIRENT_*) and the attributes.
+
+    attr is meaningful only with QSF_DIRENT_ATTR (otherwise all zeros)."""
+
+    qid: Qid
+    offset: int
+    type: int
+    name: bytes
+    flags: int
+    attr: Rgetattr
+
+
+class QsfEvent(NamedTuple):
+    """One change: kind (QSF_EV_*), the file's qid.path, its directory's, a name."""
+
+    kind: int
+    path: int
+    dir: int
+    name: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Tqsfreaddir(Message):
+    TYPE = c.TQSFREADDIR
+    fid: int
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rqsfreaddir(Message):
+    TYPE = c.TQSFREADDIR + 1
+    entries: tuple[QsfDirent, ...]
+
+    def __post_init__(self) -> None:
+        for entry in self.entries:
+            _check_string(entry.name, "dirent name")
+
+
+@dataclass(frozen=True, slots=True)
+class Tqsfwatch(Message):
+    TYPE = c.TQSFWATCH
+    count: int  # the most bytes of events the reply may carry
+
+
+@dataclass(frozen=True, slots=True)
+class Rqsfwatch(Message):
+    TYPE = c.TQSFWATCH + 1
+    events: tuple[QsfEvent, ...]
+
+    def __post_init__(self) -> None:
+        for event in self.events:
+            _check_string(event.name, "event name")
+
+
 REQUESTS: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Tversion, Tauth, Tattach, Tflush, Twalk, Tread, Twrite, Tclunk, Tremove,
         Tstatfs, Tlopen, Tlcreate, Tsymlink, Tmknod, Trename, Treadlink, Tgetattr,
         Tsetattr, Txattrwalk, Txattrcreate, Treaddir, Tfsync, Tlock, Tgetlock, Tlink,
-        Tmkdir, Trenameat, Tunlinkat,
+        Tmkdir, Trenameat, Tunlinkat, Tqsfreaddir, Tqsfwatch,
     )
 }
 
@@ -533,7 +592,7 @@ REPLIES: dict[int, type[Message]] = {
         Rversion, Rauth, Rattach, Rlerror, Rflush, Rwalk, Rread, Rwrite, Rclunk,
         Rremove, Rstatfs, Rlopen, Rlcreate, Rsymlink, Rmknod, Rrename, Rreadlink,
         Rgetattr, Rsetattr, Rxattrwalk, Rxattrcreate, Rreaddir, Rfsync, Rlock,
-        Rgetlock, Rlink, Rmkdir, Rrenameat, Runlinkat,
+        Rgetlock, Rlink, Rmkdir, Rrenameat, Runlinkat, Rqsfreaddir, Rqsfwatch,
     )
 }
 

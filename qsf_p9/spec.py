@@ -35,7 +35,7 @@ from construct import (
 )
 
 from . import messages as m
-from .messages import Dirent, Message, Qid
+from .messages import Dirent, Message, Qid, QsfDirent, QsfEvent
 
 
 def _exactly(subcon: Any) -> Any:
@@ -93,6 +93,47 @@ CountedDirents = ExprAdapter(
 
 _EMPTY = _body()
 
+# The Rgetattr body: valid[8] qid[13] mode[4] ... data_version[8] (153 bytes).
+_GETATTR_FIELDS = (
+    "valid" / Int64ul, "qid" / QidStruct, "mode" / Int32ul, "uid" / Int32ul,
+    "gid" / Int32ul, "nlink" / Int64ul, "rdev" / Int64ul, "size" / Int64ul,
+    "blksize" / Int64ul, "blocks" / Int64ul, "atime_sec" / Int64ul, "atime_nsec" / Int64ul,
+    "mtime_sec" / Int64ul, "mtime_nsec" / Int64ul, "ctime_sec" / Int64ul,
+    "ctime_nsec" / Int64ul, "btime_sec" / Int64ul, "btime_nsec" / Int64ul, "gen" / Int64ul,
+    "data_version" / Int64ul,
+)
+_GETATTR_NAMES = tuple(field.name for field in dataclasses.fields(m.Rgetattr))
+AttrStruct = ExprAdapter(
+    Struct(*_GETATTR_FIELDS),
+    lambda obj, ctx: m.Rgetattr(**{name: obj[name] for name in _GETATTR_NAMES}),
+    lambda obj, ctx: {name: getattr(obj, name) for name in _GETATTR_NAMES},
+)
+
+# qsf extension: one Rqsfreaddir entry, qid[13] offset[8] type[1] name[s] flags[1] attr[153]
+QsfDirentStruct = ExprAdapter(
+    Struct("qid" / QidStruct, "offset" / Int64ul, "type" / Int8ul, "name" / String,
+           "flags" / Int8ul, "attr" / AttrStruct),
+    lambda obj, ctx: QsfDirent(obj.qid, obj.offset, obj.type, obj.name, obj.flags, obj.attr),
+    lambda obj, ctx: QsfDirent(*obj)._asdict(),
+)
+
+# qsf extension: one Rqsfwatch event, kind[1] path[8] dir[8] name[s]
+QsfEventStruct = ExprAdapter(
+    Struct("kind" / Int8ul, "path" / Int64ul, "dir" / Int64ul, "name" / String),
+    lambda obj, ctx: QsfEvent(obj.kind, obj.path, obj.dir, obj.name),
+    lambda obj, ctx: QsfEvent(*obj)._asdict(),
+)
+
+
+def _counted_items(item: Any) -> Any:
+    """count[4] then whole items filling exactly count bytes, as a tuple."""
+    return ExprAdapter(
+        Prefixed(Int32ul, _exactly(GreedyRange(item))),
+        lambda obj, ctx: tuple(obj),
+        lambda obj, ctx: list(obj),
+    )
+
+
 BODIES: dict[type[Message], Any] = {
     m.Tversion: _body("msize" / Int32ul, "version" / String),
     m.Rversion: _body("msize" / Int32ul, "version" / String),
@@ -140,14 +181,7 @@ BODIES: dict[type[Message], Any] = {
     m.Treadlink: _body("fid" / Int32ul),
     m.Rreadlink: _body("target" / String),
     m.Tgetattr: _body("fid" / Int32ul, "request_mask" / Int64ul),
-    m.Rgetattr: _body(
-        "valid" / Int64ul, "qid" / QidStruct, "mode" / Int32ul, "uid" / Int32ul,
-        "gid" / Int32ul, "nlink" / Int64ul, "rdev" / Int64ul, "size" / Int64ul,
-        "blksize" / Int64ul, "blocks" / Int64ul, "atime_sec" / Int64ul, "atime_nsec" / Int64ul,
-        "mtime_sec" / Int64ul, "mtime_nsec" / Int64ul, "ctime_sec" / Int64ul,
-        "ctime_nsec" / Int64ul, "btime_sec" / Int64ul, "btime_nsec" / Int64ul, "gen" / Int64ul,
-        "data_version" / Int64ul,
-    ),
+    m.Rgetattr: _body(*_GETATTR_FIELDS),
     m.Tsetattr: _body(
         "fid" / Int32ul, "valid" / Int32ul, "mode" / Int32ul, "uid" / Int32ul, "gid" / Int32ul,
         "size" / Int64ul, "atime_sec" / Int64ul, "atime_nsec" / Int64ul, "mtime_sec" / Int64ul,
@@ -188,6 +222,10 @@ BODIES: dict[type[Message], Any] = {
     m.Rrenameat: _EMPTY,
     m.Tunlinkat: _body("dirfid" / Int32ul, "name" / String, "flags" / Int32ul),
     m.Runlinkat: _EMPTY,
+    m.Tqsfreaddir: _body("fid" / Int32ul, "offset" / Int64ul, "count" / Int32ul),
+    m.Rqsfreaddir: _body("entries" / _counted_items(QsfDirentStruct)),
+    m.Tqsfwatch: _body("count" / Int32ul),
+    m.Rqsfwatch: _body("events" / _counted_items(QsfEventStruct)),
 }
 
 _FIELDS: dict[type[Message], tuple[str, ...]] = {

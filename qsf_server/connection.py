@@ -39,9 +39,11 @@ DEFAULT_MAX_BULK: Final = 32
 RECEIVE_CHUNK: Final = 256 * 1024
 # Replies gathered into one write: up to this many bytes (a larger frame goes alone).
 _WRITE_BATCH_BYTES: Final = 256 * 1024
-_BULK: Final = (m.Tread, m.Twrite, m.Treaddir)
-# Requests that may wait (worker threads, Tflush): each runs as its own task.
-_OWN_TASK: Final = (m.Tread, m.Twrite, m.Treaddir, m.Tfsync, m.Tflush)
+_BULK: Final = (m.Tread, m.Twrite, m.Treaddir, m.Tqsfreaddir)
+# Requests that may wait (worker threads, Tflush, the Tqsfwatch long poll): each
+# runs as its own task.
+_OWN_TASK: Final = (m.Tread, m.Twrite, m.Treaddir, m.Tfsync, m.Tflush, m.Tqsfreaddir,
+                    m.Tqsfwatch)
 
 
 class Ending(Enum):
@@ -65,7 +67,7 @@ class Connection:
                  export: Export, *, read_only: bool = False, msize: int = c.MAX_MSIZE,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_bulk: int = DEFAULT_MAX_BULK,
                  max_fids: int = DEFAULT_MAX_FIDS,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
+                 max_buffered: int = DEFAULT_MAX_BUFFERED, extensions: bool = True) -> None:
         if not c.MIN_MSIZE <= msize <= c.MAX_MSIZE:
             raise ValueError(f"msize must be within {c.MIN_MSIZE}..{c.MAX_MSIZE}")
         self._receive = receive
@@ -75,6 +77,7 @@ class Connection:
         self.max_msize = msize
         self.max_fids = max_fids
         self.max_buffered = max_buffered
+        self.extensions = extensions
         self.session: Session | None = None
         self._decoder = Decoder(replies=False, msize=msize)
         self._in_flight: dict[int, _InFlight] = {}
@@ -216,12 +219,16 @@ class Connection:
             self.session.close()
             self.session = None
         msize = min(request.msize, self.max_msize)
-        if request.version != c.VERSION_9P2000L or msize < c.MIN_MSIZE:
+        if request.version not in (c.VERSION_9P2000L, c.VERSION_QSF) or msize < c.MIN_MSIZE:
             return m.Rversion(msize, b"unknown")
+        # Only a client that asks for the qsf extensions (qsf-fuse) gets them; the
+        # kernel asks for plain 9P2000.L and never sees them.
+        qsf = request.version == c.VERSION_QSF and self.extensions
         self.session = Session(self.export, msize=msize, read_only=self.read_only,
-                               max_fids=self.max_fids, max_buffered=self.max_buffered)
+                               max_fids=self.max_fids, max_buffered=self.max_buffered,
+                               qsf=qsf)
         self._decoder.msize = msize
-        return m.Rversion(msize, c.VERSION_9P2000L)
+        return m.Rversion(msize, c.VERSION_QSF if qsf else c.VERSION_9P2000L)
 
     # -- writing -----------------------------------------------------------
 

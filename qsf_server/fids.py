@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from qsf_p9.messages import Dirent
+from qsf_p9.messages import Dirent, QsfDirent
 
 from .fs import Place
 
@@ -43,6 +43,7 @@ class Fid:
     open_flags: int = 0
     # An open directory's listing (with . and ..); entry i has offset i + 1.
     dir_snapshot: list[Dirent] | None = None
+    plus_snapshot: list[QsfDirent] | None = None  # the same for Tqsfreaddir
     xattr_data: bytes | None = None  # the value or name list a Txattrwalk fetched
     xattr_write: XattrWrite | None = None
     memory: int = 0  # bytes of buffered data charged to the table's memory budget

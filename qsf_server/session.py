@@ -25,9 +25,10 @@ from qsf_p9 import messages as m
 from qsf_p9.codec import DIRENT_OVERHEAD, RREAD_OVERHEAD
 from qsf_p9.messages import Dirent, Message, Qid
 
-from . import fs, sysfs
+from . import extensions, fs, sysfs
 from .fids import Fid, FidTable, XattrWrite
 from .qids import QidMapper
+from .watcher import Watcher
 
 log = logging.getLogger("qsf_server")
 
@@ -55,7 +56,7 @@ class Session:
 
     def __init__(self, export: fs.Export, *, msize: int, read_only: bool = False,
                  max_fids: int = DEFAULT_MAX_FIDS,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
+                 max_buffered: int = DEFAULT_MAX_BUFFERED, qsf: bool = False) -> None:
         self.export = export
         self.msize = msize
         self.read_only = read_only
@@ -72,10 +73,18 @@ class Session:
             m.Tfsync: self.fsync, m.Txattrwalk: self.xattrwalk,
             m.Txattrcreate: self.xattrcreate, m.Tlock: self.lock, m.Tgetlock: self.getlock,
         }
+        # The qsf extensions, in a session negotiated for them only.
+        self.watcher: Watcher | None = None
+        if qsf:
+            self.watcher = Watcher(self.qids)
+            self._handlers[m.Tqsfreaddir] = lambda request: extensions.qsfreaddir(self, request)
+            self._handlers[m.Tqsfwatch] = lambda request: extensions.qsfwatch(self, request)
 
     def close(self) -> None:
         """Detach every fid; descriptors still used by a request close when it ends."""
         self.fids.clear()
+        if self.watcher is not None:
+            self.watcher.close()
 
     async def handle(self, request: Message) -> Message:
         """The reply to `request`: its R-message or an Rlerror, never an exception."""
@@ -149,6 +158,8 @@ class Session:
             raise fs.error(errno.EBADF, "fid in use")
         fd, st, place = self.export.attach()
         self.fids.add(request.fid, Fid(fd, st, place))
+        if self.watcher is not None:
+            self.watcher.watch(fd, st)
         return m.Rattach(self.qid(st))
 
     async def walk(self, request: m.Twalk) -> Message:
@@ -183,6 +194,8 @@ class Session:
                     self.fids.replace(request.fid, new)
                 else:
                     self.fids.add(request.newfid, new)
+                if self.watcher is not None and qids:
+                    self.watcher.watch(fd, st)
             finally:
                 if owned:
                     os.close(fd)
@@ -338,18 +351,7 @@ class Session:
         with self.fids.hold(request.fid) as (fid,):
             fd, _, _ = self._path_fid(fid)
             st = os.fstat(fd)
-            return m.Rgetattr(
-                valid=c.GETATTR_BASIC, qid=self.qid(st), mode=st.st_mode, uid=st.st_uid,
-                gid=st.st_gid, nlink=st.st_nlink, rdev=st.st_rdev, size=st.st_size,
-                blksize=st.st_blksize, blocks=st.st_blocks,
-                atime_sec=int(st.st_atime_ns // 1_000_000_000),
-                atime_nsec=st.st_atime_ns % 1_000_000_000,
-                mtime_sec=int(st.st_mtime_ns // 1_000_000_000),
-                mtime_nsec=st.st_mtime_ns % 1_000_000_000,
-                ctime_sec=int(st.st_ctime_ns // 1_000_000_000),
-                ctime_nsec=st.st_ctime_ns % 1_000_000_000,
-                btime_sec=0, btime_nsec=0, gen=0, data_version=0,
-            )
+            return extensions.attributes(self.qid(st), st)
 
     async def setattr(self, request: m.Tsetattr) -> Message:
         with self.fids.hold(request.fid) as (fid,):

@@ -70,7 +70,7 @@ run mypy "$VENV/bin/mypy"
 # bench/ is not a package of the distribution; check the benchmarks too (the
 # guest benchmark imports the rig from tests/guest, checked with it silenced).
 run mypy-bench "$VENV/bin/mypy" --strict bench/__init__.py bench/ninep_load.py bench/server.py \
-    bench/fuse_bench.py bench/codec_micro.py
+    bench/fuse_bench.py bench/fuse_cpu.py bench/codec_micro.py
 
 summary=$(IFS=,; printf '%s' "${results[*]}")
 if ((failed)); then

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import support
 
-WORKLOADS = ("seq write", "seq read (cold)", "create files", "ls -l (cold)", "untar tree",
-             "rm -rf tree", "4k random read")
+WORKLOADS = ("seq write", "seq read (cold)", "create files", "rm files", "ls -l (cold)",
+             "ls -l (warm)", "untar tree", "find + stat (cold)", "rm -rf tree",
+             "4k random read", "coherence", "client CPU", "server CPU")
+# Rows that are 0 for the local directory (no mount, no processes).
+LOCAL_ZERO = ("coherence", "client CPU", "server CPU")
 
 
 def run_bench(argv: list[str], timeout: float) -> str:
@@ -32,7 +35,7 @@ def run_bench(argv: list[str], timeout: float) -> str:
 
 
 @pytest.mark.fuse
-def test_tiny_fuse_benchmark_measures_qsf_sshfs_and_local(tmp_path: Path) -> None:
+def test_tiny_fuse_benchmark_measures_qsf_plain_sshfs_and_local(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the FUSE benchmark drops the page cache: it needs root")
     support.need_fuse()
@@ -43,11 +46,16 @@ def test_tiny_fuse_benchmark_measures_qsf_sshfs_and_local(tmp_path: Path) -> Non
     out = tmp_path / "fuse.json"
     stdout = run_bench(["bench.fuse_bench", "--size", "tiny", "--json", str(out)], 420)
     report = json.loads(out.read_text())
-    assert set(report) == {"qsf", "sshfs", "local"}
+    assert set(report) == {"qsf", "qsf-plain", "sshfs", "local"}
     for setup, rows in report.items():
         assert set(rows) == set(WORKLOADS), setup
         for workload, samples in rows.items():
+            if setup == "local" and workload in LOCAL_ZERO:
+                assert samples == [0.0], (setup, workload)
+                continue
             assert samples and all(value > 0 for value in samples), (setup, workload)
+    # With change notification a change shows well within the cap (sshfs: its caches).
+    assert report["qsf"]["coherence"][0] < 1.0
     for workload in WORKLOADS:
         assert f"| {workload} |" in stdout
 
@@ -58,3 +66,15 @@ def test_codec_micro_benchmark_reports_every_message() -> None:
         line = next(line for line in stdout.splitlines() if line.startswith(row))
         figures = [float(word) for word in line[len(row):].split()]
         assert len(figures) == 5 and all(figure > 0 for figure in figures), line
+
+
+@pytest.mark.fuse
+def test_tiny_cpu_per_operation_reports_every_operation() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the CPU benchmark drops the page cache: it needs root")
+    support.need_fuse()
+    stdout = run_bench(["bench.fuse_cpu", "--files", "50"], 300)
+    for operation in ("ls -l (cold)", "ls -l (warm)", "stat (cold)", "create", "unlink"):
+        line = next(line for line in stdout.splitlines() if line.startswith(f"| {operation} |"))
+        figures = [float(cell) for cell in line.strip("|").split("|")[1:]]
+        assert len(figures) == 4 and all(figure >= 0 for figure in figures), line

@@ -70,9 +70,23 @@ def test_present_values_are_read_whole(listed: tuple[Mount, list[str]]) -> None:
         os.setxattr(export / name, NAME, value)
     for name in names:
         if name in values:
-            assert os.getxattr(mnt / name, NAME) == values[name]
+            assert _eventually_value(mnt / name) == values[name]
         else:
             assert absent(mnt / name)
+
+
+def _eventually_value(path: Path) -> bytes:
+    """The value, once a change behind the mount shows: at once with plain 9P (it was
+    never asked), within the change event's way with qsf's extensions (the listing
+    said the file had no attributes)."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            return os.getxattr(path, NAME)
+        except OSError as error:
+            if error.errno != errno.ENODATA or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def test_ls_l_lists_every_file(listed: tuple[Mount, list[str]]) -> None:
@@ -80,4 +94,7 @@ def test_ls_l_lists_every_file(listed: tuple[Mount, list[str]]) -> None:
     output = subprocess.run(["ls", "-l", str(mount.mnt)], capture_output=True, text=True,
                             check=True).stdout
     assert sorted(line.split()[-1] for line in output.splitlines()[1:]) == sorted(names)
-    assert "error" not in mount.log_text().lower()
+    # diod logs its refusal of the qsf version offered first (docs/PROTOCOL.md).
+    log = [line for line in mount.log_text().lower().splitlines()
+           if not line.startswith("diod: version: unsupported version")]
+    assert "error" not in "\n".join(log)

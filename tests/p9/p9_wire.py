@@ -9,7 +9,10 @@ Notation: `x[n]` an n-byte little-endian integer, `x[s]` a string, `x[13]`
 a qid. Multi-part fields of the reference, named after the dataclass field:
 `wnames[n*s]` = nwname[2] nwname*(wname[s]); `wqids[n*13]` = nwqid[2]
 nwqid*(qid[13]); `data[count]` = count[4] data[count]; `entries[dirents]` =
-count[4] then whole entries qid[13] offset[8] type[1] name[s] filling count.
+count[4] then whole entries qid[13] offset[8] type[1] name[s] filling count;
+`entries[qdirents]` = count[4] then whole entries qid[13] offset[8] type[1]
+name[s] flags[1] attr[153] (an Rgetattr body); `events[qevents]` = count[4]
+then whole events kind[1] path[8] dir[8] name[s].
 """
 
 from __future__ import annotations
@@ -87,12 +90,18 @@ WIRE: dict[type[Message], str] = {
     m.Rrenameat: "",
     m.Tunlinkat: "dirfid[4] name[s] flags[4]",
     m.Runlinkat: "",
+    # qsf extensions (docs/PROTOCOL.md)
+    m.Tqsfreaddir: "fid[4] offset[8] count[4]",
+    m.Rqsfreaddir: "entries[qdirents]",
+    m.Tqsfwatch: "count[4]",
+    m.Rqsfwatch: "events[qevents]",
 }
 
 ALL_CLASSES = list(WIRE)
 HOT_CLASSES = [
     m.Tread, m.Rread, m.Twrite, m.Rwrite, m.Twalk, m.Rwalk, m.Tgetattr, m.Rgetattr,
     m.Tclunk, m.Rclunk, m.Treaddir, m.Rreaddir, m.Tlopen, m.Rlopen, m.Rlerror,
+    m.Tqsfreaddir, m.Rqsfreaddir, m.Tqsfwatch, m.Rqsfwatch,
 ]
 
 _FIELD = re.compile(r"(\w+)\[(\w+|n\*s|n\*13)\]\Z")
@@ -120,6 +129,11 @@ def _uint(nbytes: int) -> st.SearchStrategy[int]:
 names = st.binary(max_size=64) | st.binary(min_size=200, max_size=400)
 qids = st.builds(Qid, _uint(1), _uint(4), _uint(8))
 dirents = st.builds(Dirent, qids, _uint(8), _uint(1), names)
+qsf_dirents = st.builds(
+    m.QsfDirent, qids, _uint(8), _uint(1), names, _uint(1),
+    st.deferred(lambda: message_strategy(m.Rgetattr)),
+)
+qsf_events = st.builds(m.QsfEvent, _uint(1), _uint(8), _uint(8), names)
 payloads = st.binary(max_size=3000) | st.binary(max_size=3000).map(memoryview)
 
 
@@ -133,6 +147,8 @@ def _strategy(kind: str) -> st.SearchStrategy[Any]:
         "n*13": st.lists(qids, max_size=16).map(tuple),
         "count": payloads,
         "dirents": st.lists(dirents, max_size=12).map(tuple),
+        "qdirents": st.lists(qsf_dirents, max_size=6).map(tuple),
+        "qevents": st.lists(qsf_events, max_size=12).map(tuple),
     }[kind]
 
 
@@ -178,6 +194,18 @@ def reference_body(message: Message) -> bytes:
             out += _int(len(value), 4) + bytes(value)
         elif kind == "dirents":
             data = b"".join(_dirent(e) for e in value)
+            out += _int(len(data), 4) + data
+        elif kind == "qdirents":
+            data = b"".join(
+                _dirent(Dirent(*e[:4])) + _int(e.flags, 1) + reference_body(e.attr)
+                for e in value
+            )
+            out += _int(len(data), 4) + data
+        elif kind == "qevents":
+            data = b"".join(
+                _int(e.kind, 1) + _int(e.path, 8) + _int(e.dir, 8) + _string(e.name)
+                for e in value
+            )
             out += _int(len(data), 4) + data
         else:
             out += _int(value, int(kind))
