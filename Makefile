@@ -7,7 +7,7 @@ SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
 .PHONY: help install test demo demo-9p lint fuzz test-long bench bench-server bench-fuse bench-guest \
-	bench-codec test-guest
+	bench-codec test-guest deb rpm test-packages
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
@@ -22,6 +22,10 @@ help:
 	@echo "make bench-guest kernel v9fs client in a QEMU guest, qsf-server vs diod (SIZE=...)"
 	@echo "make bench-codec qsf_p9 codec micro-benchmark"
 	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
+	@echo "make deb         Debian packages qsf and qsf-dom0 in var/pkg/deb (lintian-checked)"
+	@echo "make rpm         RPMs qsf and qsf-dom0 in var/pkg/rpm/RPMS/noarch"
+	@echo "make test-packages  build both, install the .debs in clean Debian 12 and 13 roots"
+	@echo "                 and use them there, install the RPMs into an empty root"
 
 install:
 	bash scripts/install.sh
@@ -58,3 +62,12 @@ bench-codec: install
 
 test-guest: install
 	$(PYTEST) -m guest
+
+deb: install
+	QSF_VENV=$(QSF_VENV) bash scripts/build_packages.sh deb
+
+rpm: install
+	QSF_VENV=$(QSF_VENV) bash scripts/build_packages.sh rpm
+
+test-packages: install
+	$(PYTEST) -m packages tests/packages
