@@ -38,6 +38,18 @@ APT_PACKAGES=(
     kmod
     util-linux
     sudo
+    # packages (make deb, make rpm, make test-packages)
+    debhelper
+    dh-python
+    pybuild-plugin-pyproject
+    python3-all
+    python3-setuptools
+    python3-wheel
+    python3-build
+    python3-installer
+    lintian
+    rpm
+    mmdebstrap
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }

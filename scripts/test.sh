@@ -79,6 +79,7 @@ run mypy "$VENV/bin/mypy"
 # guest benchmark imports the rig from tests/guest, checked with it silenced).
 run mypy-bench "$VENV/bin/mypy" --strict bench/__init__.py bench/ninep_load.py bench/server.py \
     bench/fuse_bench.py bench/codec_micro.py
+run mypy-packaging "$VENV/bin/mypy" --strict packaging/manpages.py
 
 summary=$(IFS=,; printf '%s' "${results[*]}")
 if ((failed)); then

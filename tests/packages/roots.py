@@ -1,6 +1,6 @@
 """Clean Debian root file systems (mmdebstrap), cached between runs, and a way
-to run commands inside one (a private mount namespace with /proc, /sys, /dev
-and a fresh /tmp, then chroot).
+to run commands inside one (a private mount namespace with /proc, /sys and
+/dev, then chroot). /tmp is the root's own folder, on the host's disk.
 
 A cached root holds only Debian's minimal system and the test tools (pytest,
 hypothesis, man-db, diod...), never qsf's own dependencies: those come from
@@ -61,7 +61,8 @@ def debian_mirror() -> str:
     return match.group(1) if match else "http://deb.debian.org/debian"
 
 
-def run(argv: Sequence[str], timeout: float = 900, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], timeout: float = 900,
+        **kwargs: object) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
                             check=False, **kwargs)  # type: ignore[call-overload]
     if result.returncode != 0:
@@ -98,15 +99,23 @@ class Root:
         self.suite = suite
         self.path = Path(tempfile.mkdtemp(prefix=f"{suite.name}-", dir=parent))
         run(["tar", "-xf", str(tarball(suite)), "-C", str(self.path)])
-        shutil.copy("/etc/resolv.conf", self.path / "etc" / "resolv.conf")
+        etc = self.path / "etc"
+        shutil.copy("/etc/resolv.conf", etc / "resolv.conf")
+        # What a booted Debian has and a bare root lacks: mtab (fusermount3
+        # reads it) and the qube user, uid 1000 (diod looks its uid up).
+        (etc / "mtab").symlink_to("../proc/self/mounts")
+        with open(etc / "passwd", "a") as passwd, open(etc / "group", "a") as group:
+            passwd.write(f"user:x:{support.QUBE_UID}:{support.QUBE_GID}::/home/user:/bin/sh\n")
+            group.write(f"user:x:{support.QUBE_GID}:\n")
 
     def sh(self, script: str, timeout: float = 900,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run a shell script in the root as root; raise with its output if it fails."""
         inner = (
-            "set -e; r=$1; shift; "
+            # The root a mount point of its own, as / is (unshare --propagation needs it).
+            "set -e; r=$1; shift; mount --bind \"$r\" \"$r\"; "
             "mount -t proc proc \"$r/proc\"; mount --rbind /sys \"$r/sys\"; "
-            "mount --rbind /dev \"$r/dev\"; mount -t tmpfs tmpfs \"$r/tmp\"; "
+            "mount --rbind /dev \"$r/dev\"; "
             "exec chroot \"$r\" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
             "HOME=/root LANG=C.UTF-8 \"$@\""
         )

@@ -8,14 +8,14 @@ pass against the installed package and the distribution's libraries.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import support
 import roots
+import support
 
 pytestmark = [pytest.mark.packages, pytest.mark.timeout(1800)]
 
@@ -37,7 +37,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
               env={**os.environ, "QSF_PKG_OUT": str(out),
                    "QSF_VENV": str(support.VENV_BIN.parent)})
     found = sorted((out / "deb").glob("*.deb"))
-    assert [p.name.split("_")[0] for p in found] == ["qsf", "qsf-dom0"], found
+    assert sorted(p.name.split("_")[0] for p in found) == ["qsf", "qsf-dom0"], found
     return found
 
 
@@ -84,7 +84,7 @@ mkdir /mnt/share/sub && mv /mnt/share/new.txt /mnt/share/sub/
 ls /mnt/share
 cat /srv/share/sub/new.txt
 """).stdout
-    assert out.splitlines() == ["fuse", "from the server", "hello.txt", "sub",
+    assert out.splitlines() == ["fuse.qsf", "from the server", "hello.txt", "sub",
                                 "from the client"], out
 
 
@@ -94,6 +94,7 @@ def test_help_and_man_page(root: roots.Root) -> None:
                   "MANPAGER=cat MANWIDTH=80 man qvm-mount-folder\n"
                   "man -w qsf-server qsf-fuse").stdout
     help_text, man_text = out.split("----\n")
+    man_text = " ".join(man_text.split())
     assert help_text.startswith("usage: qvm-mount-folder"), help_text
     assert "qvm-mount-folder - mount FOLDER of qube SERVER" in man_text, man_text
     assert "exit status" in man_text and "--backend" in man_text, man_text
@@ -112,6 +113,9 @@ def test_packaged_files(root: roots.Root) -> None:
         "755 /etc/qubes-rpc/qsf.QueryFolderAuthorization",
         "644 /etc/qubes/policy.d/80-qsf.policy",
         "644 /usr/lib/tmpfiles.d/qsf-dom0.conf",
+        # Debian: every file under /etc is a conffile, the services too.
+        "/etc/qubes-rpc/qsf.AuthorizeFolderAccess",
+        "/etc/qubes-rpc/qsf.QueryFolderAuthorization",
         "/etc/qubes/policy.d/80-qsf.policy",
     ], out
 
@@ -145,7 +149,7 @@ def test_project_tests_pass_on_the_installed_package(root: roots.Root) -> None:
         "cd /srv/qsf-tests\n"
         "python3 -c 'import qsf_p9, qsf_sim; "
         "assert qsf_p9.__file__.startswith(\"/usr/lib/python3/dist-packages/\"), qsf_p9.__file__'\n"
-        + "rc=0; " + " ".join(argv) + " >/tmp/pytest.log 2>&1 || rc=$?\n"
+        + "rc=0; " + shlex.join(argv) + " >/tmp/pytest.log 2>&1 || rc=$?\n"
         "tail -60 /tmp/pytest.log; exit $rc",
         timeout=1500, env={"CI": "true"})
     print(result.stdout)
