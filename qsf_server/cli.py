@@ -89,8 +89,10 @@ def main(args: list[str] | None = None) -> int:
     max_fids = _fid_limit()
     read_fd, write_fd = _take_stdio()
     try:
+        # Nursery errors always as ExceptionGroups: trio >= 0.25's default, which
+        # Debian 12's trio 0.22 (default False) would otherwise collapse.
         ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
-                          options.msize, max_fids)
+                          options.msize, max_fids, strict_exception_groups=True)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -69,8 +69,8 @@ def test_dom0_package_contents(rpms: dict[str, Path]) -> None:
 
 def test_requirements(rpms: dict[str, Path]) -> None:
     template = set(rpm_query(rpms["qsf"], "--requires").splitlines())
-    assert {"fuse3", "python3 >= 3.11", "python3-trio >= 0.22", "python3-pyfuse3 >= 3.2",
-            "python3-construct >= 2.10"} <= template, template
+    assert {"fuse3", "python3 >= 3.11", "python3-trio >= 0.22", "python3-pyfuse3 >= 3.2.1",
+            "python3-construct >= 2.10.68"} <= template, template
     dom0 = set(rpm_query(rpms["qsf-dom0"], "--requires").splitlines())
     assert "python3 >= 3.11" in dom0 and not any("trio" in r or "fuse" in r for r in dom0), dom0
     for package in rpms.values():
