@@ -7,7 +7,7 @@ SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
 .PHONY: help install test demo demo-9p lint fuzz test-long bench bench-server bench-fuse bench-guest \
-	bench-codec test-guest screenshots
+	bench-codec test-guest screenshots deb rpm test-packages
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
@@ -23,6 +23,10 @@ help:
 	@echo "make bench-codec qsf_p9 codec micro-benchmark"
 	@echo "make test-guest  only the QEMU guest tests (kernel v9fs client)"
 	@echo "make screenshots the README's pictures, made by the GUI tests under Xvfb (docs/images)"
+	@echo "make deb         Debian packages qsf and qsf-dom0 in var/pkg/deb (lintian-checked)"
+	@echo "make rpm         RPMs qsf and qsf-dom0 in var/pkg/rpm/RPMS/noarch"
+	@echo "make test-packages  build both, install the .debs in clean Debian 12 and 13 roots"
+	@echo "                 and use them there, install the RPMs into an empty root"
 
 install:
 	bash scripts/install.sh
@@ -64,3 +68,12 @@ test-guest: install
 screenshots: install
 	mkdir -p docs/images
 	QSF_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(PYTEST) tests/gui -q
+
+deb: install
+	QSF_VENV=$(QSF_VENV) bash scripts/build_packages.sh deb
+
+rpm: install
+	QSF_VENV=$(QSF_VENV) bash scripts/build_packages.sh rpm
+
+test-packages: install
+	$(PYTEST) -m packages tests/packages

@@ -186,7 +186,9 @@ def serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> N
     """Mount and serve until unmounted; MountError if the mount could not be made."""
     unresponsive = False
     try:
-        unresponsive = trio.run(_serve, config, channel, ready)
+        # Nursery errors always as ExceptionGroups: trio >= 0.25's default, which
+        # Debian 12's trio 0.22 (default False) would otherwise collapse.
+        unresponsive = trio.run(_serve, config, channel, ready, strict_exception_groups=True)
     finally:
         # A server that stopped answering will not notice EOF either.
         channel.close_process(0.0 if unresponsive else EXEC_EXIT_GRACE)

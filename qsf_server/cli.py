@@ -145,7 +145,10 @@ def main(args: list[str] | None = None) -> int:
         with record:
             serving = _announce(options.client, folder, mode, "serving")
             ending = trio.run(_serve, export, read_fd, write_fd, options.read_only,
-                              options.msize, max_fids)
+                              options.msize, max_fids,
+                              # Nursery errors always as ExceptionGroups: trio >= 0.25's
+                              # default, which Debian 12's trio 0.22 would collapse.
+                              strict_exception_groups=True)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -58,6 +58,18 @@ APT_PACKAGES=(
     # Server-qube notifications (gdbus) and their test notification server.
     libglib2.0-bin
     dunst
+    # packages (make deb, make rpm, make test-packages)
+    debhelper
+    dh-python
+    pybuild-plugin-pyproject
+    python3-all
+    python3-setuptools
+    python3-wheel
+    python3-build
+    python3-installer
+    lintian
+    rpm
+    mmdebstrap
 )
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }

@@ -59,18 +59,27 @@ run() {
     fi
 }
 
+default_run=0
 if (($# == 0)); then
-    set -- -m "not slow"
+    default_run=1
+    set -- -m "not slow and not packages"
 fi
 junit=$(mktemp --suffix=.xml)
-trap 'rm -f "$junit"' EXIT
+junit_packages=$(mktemp --suffix=.xml)
+trap 'rm -f "$junit" "$junit_packages"' EXIT
 run pytest "$VENV/bin/pytest" --junitxml="$junit" "$@"
+# The packages (make test-packages) as their own step: they build the .deb and
+# the RPMs and install them in clean roots (several minutes, mostly apt).
+if ((default_run)); then
+    run packages "$VENV/bin/pytest" --junitxml="$junit_packages" -m packages tests/packages
+fi
 run ruff "$VENV/bin/ruff" check .
 run mypy "$VENV/bin/mypy"
 # bench/ is not a package of the distribution; check the benchmarks too (the
 # guest benchmark imports the rig from tests/guest, checked with it silenced).
 run mypy-bench "$VENV/bin/mypy" --strict bench/__init__.py bench/ninep_load.py bench/server.py \
     bench/fuse_bench.py bench/fuse_cpu.py bench/codec_micro.py
+run mypy-packaging "$VENV/bin/mypy" --strict packaging/manpages.py
 
 summary=$(IFS=,; printf '%s' "${results[*]}")
 if ((failed)); then
@@ -79,15 +88,17 @@ else
     say "PASS: ${summary//,/, }"
 fi
 # pytest's counts as the last line, in the plain form CI reads.
-"$VENV/bin/python" - "$junit" <<'PY' || true
+"$VENV/bin/python" - "$junit" "$junit_packages" <<'PY' || true
 import sys
 import xml.etree.ElementTree as ET
 
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except (OSError, ET.ParseError):
-    sys.exit(0)
-suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+suites = []
+for name in sys.argv[1:]:
+    try:
+        root = ET.parse(name).getroot()
+    except (OSError, ET.ParseError):
+        continue
+    suites += [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
 count = {key: sum(int(s.get(key, 0)) for s in suites)
          for key in ("tests", "failures", "errors", "skipped")}
 failed = count["failures"] + count["errors"]

@@ -92,7 +92,7 @@ def show(sim: Sim, source: str, target: str, service: str,
 def test_allowed_call_joins_stdio_and_returns_the_service_status(sim: Sim) -> None:
     allow(sim, "test.Echo * work server allow")
     result = sim.call("work", "server", "test.Echo", input=b"hello")
-    assert (result.returncode, result.stdout) == (3, b"got:hello")
+    assert (result.returncode, result.stdout) == (3, b"got:hello"), result.stderr
 
 
 def test_refused_call_exits_126(sim: Sim) -> None:
