@@ -9,7 +9,7 @@ or newer (PyPI, Debian 13's or Fedora's python3-argparse-manpage; Debian 12's
 `make rpm` write them into the source tree they package (man/), so the package
 builds install pages made here and need no generator themselves.
 
-    python3 packaging/manpages.py OUTDIR     # writes OUTDIR/NAME.1
+    python3 packaging/manpages.py OUTDIR     # writes OUTDIR/NAME.1 (NAME.8: SECTIONS)
     python3 packaging/manpages.py --list     # prints NAME MODULE, one a line
 """
 
@@ -31,6 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 NOT_INSTALLED = {"qsf-sim"}
 # Commands that are not console scripts: name -> module with a `parser`.
 EXTRA: dict[str, str] = {}
+# Pages outside section 1: mount(8)'s helper belongs with the admin commands.
+SECTIONS = {"mount.qvm": "8"}
+# Another name of a command: a page that sources the command's own.
+ALIASES = {"qvm-mount": "qvm-mount-folder"}
 
 URL = "https://github.com/qsf-project/qsf"
 
@@ -42,7 +46,7 @@ def project() -> dict[str, Any]:
 def commands() -> dict[str, str]:
     """Command name -> module that defines its `parser`, sorted by name."""
     found = {name: target.split(":")[0] for name, target in project()["scripts"].items()
-             if name not in NOT_INSTALLED}
+             if name not in NOT_INSTALLED and name not in ALIASES}
     found.update(EXTRA)
     return dict(sorted(found.items()))
 
@@ -67,13 +71,14 @@ def summary(module: str) -> str:
 
 
 def write_page(program: str, name: str, module: str, version: str, outdir: Path) -> Path:
-    out = outdir / f"{name}.1"
+    section = SECTIONS.get(name, "1")
+    out = outdir / f"{name}.{section}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     subprocess.run([program, "--module", module, "--object", "parser",
                     "--project-name", "qsf", "--version", version,
                     "--description", summary(module), "--author", "the qsf developers",
-                    "--manual-title", "qsf manual", "--url", URL, "--output", str(out)],
+                    "--manual-section", section, "--manual-title", "qsf manual", "--url", URL, "--output", str(out)],
                    check=True, env=env)
     # argparse-manpage titles the page with the parser's prog: it must be the command.
     title = out.read_text().splitlines()[0].replace("\\", "")
@@ -83,13 +88,15 @@ def write_page(program: str, name: str, module: str, version: str, outdir: Path)
 
 
 def main() -> None:
-    cli = argparse.ArgumentParser(description="Write qsf's man pages (section 1).")
+    cli = argparse.ArgumentParser(description="Write qsf's man pages.")
     cli.add_argument("outdir", nargs="?", type=Path, help="directory for NAME.1 files")
     cli.add_argument("--list", action="store_true", help="print the commands and exit")
     args = cli.parse_args()
     if args.list:
         for name, module in commands().items():
             print(name, module)
+        for alias, name in ALIASES.items():
+            print(alias, f"(alias of {name})")
         return
     if args.outdir is None:
         cli.error("OUTDIR is required")
@@ -98,6 +105,11 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     for name, module in commands().items():
         print(write_page(program, name, module, project()["version"], args.outdir))
+    for alias, name in ALIASES.items():
+        section = SECTIONS.get(name, "1")
+        out = args.outdir / f"{alias}.{section}"
+        out.write_text(f".so man{section}/{name}.{section}\n")
+        print(out)
 
 
 if __name__ == "__main__":

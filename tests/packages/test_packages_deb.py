@@ -101,20 +101,27 @@ def test_help_and_man_page(root: roots.Root) -> None:
     out = root.sh("qvm-mount-folder --help\n"
                   "echo ----\n"
                   "MANPAGER=cat MANWIDTH=80 man qvm-mount-folder\n"
-                  "man -w qsf-server qsf-fuse").stdout
+                  "man -w qsf-server qsf-fuse qvm-mount mount.qvm qvm-folder-share\n"
+                  "/sbin/mount.qvm --help | head -n 1").stdout
     help_text, man_text = out.split("----\n")
     man_text = " ".join(man_text.split())
     assert help_text.startswith("usage: qvm-mount-folder"), help_text
     assert "qvm-mount-folder - mount FOLDER of qube SERVER" in man_text, man_text
     assert "exit status" in man_text and "--backend" in man_text, man_text
     assert "/usr/share/man/man1/qsf-fuse.1.gz" in man_text, man_text
+    assert "/usr/share/man/man8/mount.qvm.8.gz" in man_text, man_text
+    assert "/usr/share/man/man1/qvm-folder-share.1.gz" in man_text, man_text
+    assert "usage: mount.qvm" in man_text, man_text
 
 
 def test_packaged_files(root: roots.Root) -> None:
     out = root.sh("stat -c '%a %n' /etc/qubes-rpc/qsf.ConnectToFolder "
                   "/etc/qubes-rpc/qsf.AuthorizeFolderAccess "
                   "/etc/qubes-rpc/qsf.QueryFolderAuthorization "
-                  "/etc/qubes/policy.d/80-qsf.policy /usr/lib/tmpfiles.d/qsf-dom0.conf\n"
+                  "/etc/qubes/policy.d/80-qsf.policy /usr/lib/tmpfiles.d/qsf-dom0.conf "
+                  "/usr/sbin/mount.qvm /usr/lib/systemd/user/qsf-mount-persistent.service "
+                  "/etc/xdg/autostart/qsf-ask-agent.desktop\n"
+                  "readlink /etc/qubes-rpc/qsf.AskFolderAccess\n"
                   "cat /var/lib/dpkg/info/qsf-dom0.conffiles").stdout
     assert out.splitlines() == [
         "755 /etc/qubes-rpc/qsf.ConnectToFolder",
@@ -122,10 +129,15 @@ def test_packaged_files(root: roots.Root) -> None:
         "755 /etc/qubes-rpc/qsf.QueryFolderAuthorization",
         "644 /etc/qubes/policy.d/80-qsf.policy",
         "644 /usr/lib/tmpfiles.d/qsf-dom0.conf",
+        "755 /usr/sbin/mount.qvm",
+        "644 /usr/lib/systemd/user/qsf-mount-persistent.service",
+        "644 /etc/xdg/autostart/qsf-ask-agent.desktop",
+        "/var/run/qubes/qsf-ask-agent.sock",
         # Debian: every file under /etc is a conffile, the services too.
         "/etc/qubes-rpc/qsf.AuthorizeFolderAccess",
         "/etc/qubes-rpc/qsf.QueryFolderAuthorization",
         "/etc/qubes/policy.d/80-qsf.policy",
+        "/etc/xdg/autostart/qsf-ask-agent.desktop",
     ], out
 
 

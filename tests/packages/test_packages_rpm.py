@@ -47,9 +47,14 @@ def files(package: Path) -> dict[str, tuple[str, str]]:
 def test_template_package_contents(rpms: dict[str, Path]) -> None:
     listed = files(rpms["qsf"])
     assert listed["/etc/qubes-rpc/qsf.ConnectToFolder"] == ("-rwxr-xr-x", "")
-    for command in ("qsf-server", "qsf-fuse", "qvm-mount-folder"):
+    for command in ("qsf-server", "qsf-fuse", "qvm-mount-folder", "qvm-mount"):
         assert listed[f"/usr/bin/{command}"] == ("-rwxr-xr-x", ""), command
         assert any(p.startswith(f"/usr/share/man/man1/{command}.1") for p in listed), command
+    # mount(8) finds its helper only in /sbin (/usr/sbin).
+    assert listed["/usr/sbin/mount.qvm"] == ("-rwxr-xr-x", "")
+    assert any(p.startswith("/usr/share/man/man8/mount.qvm.8") for p in listed)
+    assert listed["/usr/lib/systemd/user/qsf-mount-persistent.service"] == ("-rw-r--r--", "")
+    assert listed["/usr/lib/systemd/user-preset/80-qsf.preset"] == ("-rw-r--r--", "")
     packages = {Path(p).parts[5] for p in listed if "/site-packages/qsf" in p}
     assert packages == {"qsf_p9", "qsf_server", "qsf_fuse", "qsf_kmount", "qsf_mount",
                         "qsf-0.1.0.dist-info"}, packages
@@ -64,7 +69,16 @@ def test_dom0_package_contents(rpms: dict[str, Path]) -> None:
     assert listed["/etc/qubes/policy.d/80-qsf.policy"] == ("-rw-r--r--", "cn")
     assert listed["/etc/qubes/policy.d/79-qsf-grants.policy"][1] == "g"
     assert listed["/usr/lib/tmpfiles.d/qsf-dom0.conf"] == ("-rw-r--r--", "")
-    assert not any("qsf_p9" in p or "/usr/bin/" in p for p in listed)
+    # The dialog's socket service is a link to the agent's socket.
+    assert listed["/etc/qubes-rpc/qsf.AskFolderAccess"][0].startswith("l")
+    assert listed["/etc/xdg/autostart/qsf-ask-agent.desktop"] == ("-rw-r--r--", "")
+    assert listed["/usr/share/applications/qvm-folder-share-manager.desktop"] == \
+        ("-rw-r--r--", "")
+    for command in ("qvm-folder-share", "qvm-folder-share-manager", "qsf-ask-agent"):
+        assert listed[f"/usr/bin/{command}"] == ("-rwxr-xr-x", ""), command
+        assert any(p.startswith(f"/usr/share/man/man1/{command}.1") for p in listed), command
+    packages = {Path(p).parts[5] for p in listed if "/site-packages/qsf" in p}
+    assert packages == {"qsf_dom0", "qsf_ask"}, packages
 
 
 def test_requirements(rpms: dict[str, Path]) -> None:
@@ -78,7 +92,9 @@ def test_requirements(rpms: dict[str, Path]) -> None:
 
 
 def test_scriptlets_write_no_policy(rpms: dict[str, Path]) -> None:
-    assert rpm_query(rpms["qsf"], "--scripts") == ""
+    # qsf's are the systemd user-preset macros (":" where rpm has no systemd macros).
+    template = rpm_query(rpms["qsf"], "--scripts")
+    assert "policy" not in template, template
     scripts = rpm_query(rpms["qsf-dom0"], "--scripts")
     assert "systemd-tmpfiles --create qsf-dom0.conf" in scripts, scripts
     code = [line for line in scripts.splitlines() if line and not line.lstrip().startswith("#")]
