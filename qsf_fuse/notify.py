@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from typing import Final
 
 import pyfuse3
@@ -155,13 +156,22 @@ class Notifier:
         return todo
 
     async def _invalidate(self, todo: list[Invalidation]) -> None:
-        if todo:
-            await trio.to_thread.run_sync(_run, todo)
+        if not todo:
+            return
+        # At unmount the thread may wait in the kernel for a request nobody will
+        # answer any more: then it is abandoned (and told to stop) rather than awaited.
+        stop = threading.Event()
+        try:
+            await trio.to_thread.run_sync(_run, todo, stop, abandon_on_cancel=True)
+        finally:
+            stop.set()
 
 
-def _run(todo: list[Invalidation]) -> None:
+def _run(todo: list[Invalidation], stop: threading.Event) -> None:
     """In a worker thread: tell the kernel (unknown entries and inodes are fine)."""
     for what, number, detail in todo:
+        if stop.is_set():
+            return
         log.debug("invalidate %s %d %r", what, number, detail)
         try:
             if what == "inode":

@@ -10,7 +10,6 @@ readability.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -44,10 +43,19 @@ WATCH_MASK: Final = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 READ_SIZE: Final = 64 * 1024
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    """The C library's inotify calls (the interpreter's own libc: no search, no subprocess)."""
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_init1.argtypes = [ctypes.c_int]
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libc = lib
+    return _libc
 
 
 class Event(NamedTuple):
@@ -68,7 +76,7 @@ class Inotify:
     """One inotify instance (non-blocking, close-on-exec)."""
 
     def __init__(self) -> None:
-        self.fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+        self.fd = _check(_lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -77,12 +85,12 @@ class Inotify:
 
     def add_watch(self, dir_fd: int, mask: int = WATCH_MASK) -> int:
         """A watch on the directory open as dir_fd (O_PATH is fine); its wd."""
-        return _check(_libc.inotify_add_watch(self.fd, b"/proc/self/fd/%d" % dir_fd,
-                                              mask | IN_ONLYDIR))
+        return _check(_lib().inotify_add_watch(self.fd, b"/proc/self/fd/%d" % dir_fd,
+                                               mask | IN_ONLYDIR))
 
     def rm_watch(self, wd: int) -> None:
         try:
-            _check(_libc.inotify_rm_watch(self.fd, wd))
+            _check(_lib().inotify_rm_watch(self.fd, wd))
         except OSError as error:
             if error.errno != errno.EINVAL:  # already gone (IN_IGNORED on its way)
                 raise
