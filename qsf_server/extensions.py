@@ -16,7 +16,7 @@ from qsf_p9 import messages as m
 from qsf_p9.codec import QSF_DIRENT_OVERHEAD, QSF_EVENT_OVERHEAD, RREAD_OVERHEAD
 from qsf_p9.messages import Message, QsfDirent
 
-from . import fs
+from . import fs, paging
 from .fs import O_PATH_FLAGS
 
 if TYPE_CHECKING:
@@ -94,20 +94,8 @@ async def qsfreaddir(session: Session, request: m.Tqsfreaddir) -> Message:
             session.fids.charge(fid, sum(_ENTRY_MEMORY + len(e.name) for e in snapshot))
             fid.plus_snapshot = snapshot
         snapshot = fid.plus_snapshot
-        budget = max(0, min(request.count, session.msize - RREAD_OVERHEAD - 1))
-        entries: list[QsfDirent] = []
-        index = min(request.offset, len(snapshot))
-        while index < len(snapshot):
-            entry = snapshot[index]
-            size = QSF_DIRENT_OVERHEAD + len(entry.name)
-            if size > budget:
-                break
-            budget -= size
-            entries.append(entry)
-            index += 1
-        if not entries and index < len(snapshot):
-            raise fs.error(errno.EINVAL, "count too small for the next entry")
-        return m.Rqsfreaddir(tuple(entries))
+        return m.Rqsfreaddir(paging.page(snapshot, request.offset, request.count,
+                                         session.msize, QSF_DIRENT_OVERHEAD))
 
 
 async def qsfwatch(session: Session, request: m.Tqsfwatch) -> Message:

@@ -25,7 +25,7 @@ from qsf_p9 import messages as m
 from qsf_p9.codec import DIRENT_OVERHEAD, RREAD_OVERHEAD
 from qsf_p9.messages import Dirent, Message, Qid
 
-from . import extensions, fs, sysfs
+from . import extensions, fs, paging, sysfs
 from .fids import Fid, FidTable, XattrWrite
 from .qids import QidMapper
 from .watcher import Watcher
@@ -312,20 +312,8 @@ class Session:
                 self.fids.charge(fid, sum(_DIRENT_MEMORY + len(e.name) for e in snapshot))
                 fid.dir_snapshot = snapshot
             snapshot = fid.dir_snapshot
-            budget = max(0, min(request.count, self.msize - RREAD_OVERHEAD - 1))
-            entries: list[Dirent] = []
-            index = min(request.offset, len(snapshot))
-            while index < len(snapshot):
-                entry = snapshot[index]
-                size = DIRENT_OVERHEAD + len(entry.name)
-                if size > budget:
-                    break
-                budget -= size
-                entries.append(entry)
-                index += 1
-            if not entries and index < len(snapshot):
-                raise fs.error(errno.EINVAL, "count too small for the next entry")
-            return m.Rreaddir(tuple(entries))
+            return m.Rreaddir(paging.page(snapshot, request.offset, request.count,
+                                          self.msize, DIRENT_OVERHEAD))
 
     def _snapshot(self, open_fd: int, place: fs.Place,
                   listing: list[tuple[bytes, os.stat_result | None]]) -> list[Dirent]:
