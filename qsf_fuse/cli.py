@@ -34,6 +34,8 @@ log = logging.getLogger("qsf_fuse")
 EXEC_EXIT_GRACE = 5.0
 # How long the fids may take to be clunked at unmount before the channel closes anyway.
 SHUTDOWN_GRACE = 2.0
+# How often the mount table is checked for our mount (see _watch_unmount).
+UNMOUNT_POLL = 0.5
 
 parser = argparse.ArgumentParser(
     prog="qsf-fuse",
@@ -120,6 +122,46 @@ async def _watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_I
             pyfuse3.terminate()
 
 
+def _mount_id(mountpoint: str) -> str | None:
+    """The id of the newest mount on mountpoint in this mount namespace (/proc/self/mountinfo).
+
+    Read from the kernel's table, never by a stat of the mount point: that
+    would be a request to ourselves.
+    """
+    escaped = (mountpoint.replace("\\", "\\134").replace(" ", "\\040")
+               .replace("\t", "\\011").replace("\n", "\\012"))
+    found = None
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split(" ", 5)
+            if len(fields) > 4 and fields[4] == escaped:
+                found = fields[0]
+    return found
+
+
+async def _watch_unmount(mountpoint: str, mount_id: str, gone: list[bool]) -> None:
+    """End the main loop once our mount left this namespace's mount table.
+
+    The kernel ends the FUSE session only when the last copy of the mount
+    goes: a process that made a private mount namespace meanwhile (unshare,
+    a systemd service with PrivateTmp) keeps one, and `fusermount -u` here
+    would leave us serving it for ever.
+    """
+    while True:
+        await trio.sleep(UNMOUNT_POLL)
+        if mount_id not in _mount_ids():  # /proc: no request to ourselves
+            log.info("%s was unmounted (a copy may live on in another mount namespace)",
+                     mountpoint)
+            gone.append(True)
+            pyfuse3.terminate()
+            return
+
+
+def _mount_ids() -> set[str]:
+    with open("/proc/self/mountinfo") as table:
+        return {line.split(" ", 1)[0] for line in table}
+
+
 async def _serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> bool:
     """Mount and serve; returns whether the server stopped answering."""
     failure: MountError | None = None
@@ -161,11 +203,16 @@ async def _mount_and_serve(
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())
     except RuntimeError as error:
         return MountError(f"cannot mount on {config.mountpoint}: {error}")
+    gone: list[bool] = []
+    mount_id = _mount_id(config.mountpoint)
+    if mount_id is not None:
+        nursery.start_soon(_watch_unmount, config.mountpoint, mount_id, gone)
     try:
         ready()
         await pyfuse3.main()
     finally:
-        pyfuse3.close(unmount=True)
+        # Unmounted here already: what is on the mount point now is not ours.
+        pyfuse3.close(unmount=not gone)
     # Unmounted: end the session cleanly before the channel closes.
     with trio.move_on_after(SHUTDOWN_GRACE):
         await operations.clunk_all()

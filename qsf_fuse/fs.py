@@ -80,10 +80,9 @@ def _errno_of(where: str, error: Exception) -> int:
         # Concurrent calls failed: the first one's errno speaks for them.
         leaves = error.exceptions
         return _errno_of(where, leaves[0]) if leaves else errno.EIO
-    if isinstance(error, P9Error):
-        return error.errno
-    if isinstance(error, pyfuse3.FUSEError):
-        return error.errno
+    if isinstance(error, P9Error | pyfuse3.FUSEError):
+        # The kernel refuses an error reply outside 1..511 (the request would hang).
+        return error.errno if 0 < error.errno < 512 else errno.EIO
     if isinstance(error, UnknownInode):
         log.warning("%s: unknown inode %s", where, error)
         return errno.ESTALE
@@ -200,7 +199,9 @@ class Operations(pyfuse3.Operations):
     async def _invalidate(self, inode: int) -> None:
         try:
             # May wait for page locks held by a read we are serving: not in a handler.
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+            # Abandoned at exit: a kernel that never lets it return must not keep us.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False,
+                                          abandon_on_cancel=True)
         except OSError as error:
             if error.errno != errno.ENOENT:
                 log.warning("invalidate inode %d: %s", inode, error)
