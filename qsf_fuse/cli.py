@@ -114,12 +114,15 @@ def open_channel(args: argparse.Namespace) -> Channel:
     return Channel(read_fd, write_fd)
 
 
-async def _watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watch_signals(
+    terminate: Callable[[], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for _ in signals:
             log.info("signal received: unmounting")
-            pyfuse3.terminate()
+            terminate()
 
 
 def _mount_id(mountpoint: str) -> str | None:
@@ -139,7 +142,9 @@ def _mount_id(mountpoint: str) -> str | None:
     return found
 
 
-async def _watch_unmount(mountpoint: str, mount_id: str, gone: list[bool]) -> None:
+async def _watch_unmount(
+    mountpoint: str, mount_id: str, gone: list[bool], terminate: Callable[[], None]
+) -> None:
     """End the main loop once our mount left this namespace's mount table.
 
     The kernel ends the FUSE session only when the last copy of the mount
@@ -153,7 +158,7 @@ async def _watch_unmount(mountpoint: str, mount_id: str, gone: list[bool]) -> No
             log.info("%s was unmounted (a copy may live on in another mount namespace)",
                      mountpoint)
             gone.append(True)
-            pyfuse3.terminate()
+            terminate()
             return
 
 
@@ -196,21 +201,31 @@ async def _mount_and_serve(
         FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
                   max_fids=config.max_fids),
     )
+    # The watchers call pyfuse3.terminate(), only while the session lives: after
+    # pyfuse3.close it would use freed memory.
+    live = [True]
+
+    def terminate() -> None:
+        if live[0]:
+            pyfuse3.terminate()
+
     # Listening before the mount appears: a signal sent as soon as it is seen is
     # handled (it is taken once pyfuse3.main runs), not fatal.
-    await nursery.start(_watch_signals)
+    await nursery.start(_watch_signals, terminate)
     try:
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())
     except RuntimeError as error:
+        live[0] = False
         return MountError(f"cannot mount on {config.mountpoint}: {error}")
     gone: list[bool] = []
     mount_id = _mount_id(config.mountpoint)
     if mount_id is not None:
-        nursery.start_soon(_watch_unmount, config.mountpoint, mount_id, gone)
+        nursery.start_soon(_watch_unmount, config.mountpoint, mount_id, gone, terminate)
     try:
         ready()
         await pyfuse3.main()
     finally:
+        live[0] = False
         # Unmounted here already: what is on the mount point now is not ours.
         pyfuse3.close(unmount=not gone)
     # Unmounted: end the session cleanly before the channel closes.

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MSIZE: Final = c.MAX_MSIZE
 DEFAULT_TIMEOUT: Final = 30.0
+# The first reply may wait for the server to start (a qube to boot): at least this long.
+HANDSHAKE_TIMEOUT: Final = 30.0
 # Requests in flight at once; the server bounds its own side too.
 MAX_IN_FLIGHT: Final = 256
 # Largest extended attribute value or list we accept (Linux XATTR_SIZE_MAX).
@@ -565,7 +567,11 @@ class P9Client:
     async def negotiate(self, msize: int) -> int:
         """Tversion; returns the negotiated msize (also bounds replies from now on)."""
         msize = max(c.MIN_MSIZE, min(msize, c.MAX_MSIZE))
-        reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        timeout, self.timeout = self.timeout, max(self.timeout, HANDSHAKE_TIMEOUT)
+        try:
+            reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        finally:
+            self.timeout = timeout
         self.msize = reply.msize
         self._decoder.msize = reply.msize
         return reply.msize
