@@ -96,3 +96,13 @@ def test_open_flags_map_bit_by_bit() -> None:
     with pytest.raises(convert.P9Error) as error:
         convert.check_name(b"x" * 256)
     assert error.value.errno == errno.ENAMETOOLONG
+
+
+def test_no_errno_the_kernel_refuses_reaches_it() -> None:
+    """A FUSE error reply outside 1..511 is refused by the kernel: the program would hang."""
+    from qsf_fuse.client import P9Error
+    from qsf_fuse.fs import _errno_of
+
+    for odd in (0, 512, 4095, 70000):
+        assert _errno_of("test", P9Error(odd)) == errno.EIO
+    assert _errno_of("test", P9Error(errno.ENOENT)) == errno.ENOENT
