@@ -7,7 +7,7 @@ SIZE ?= medium
 FUZZ_SECONDS ?= 600
 
 .PHONY: help install test demo demo-9p lint fuzz test-long bench bench-server bench-fuse bench-guest \
-	bench-codec test-guest screenshots deb rpm test-packages
+	bench-codec test-guest screenshots deb rpm test-packages fuzz-fuse
 
 help:
 	@echo "make install     apt packages, virtualenv, editable install (scripts/install.sh)"
@@ -17,6 +17,8 @@ help:
 	@echo "make lint        ruff and mypy only"
 	@echo "make fuzz        the long runs: tests marked slow (hypothesis profile 'long'), then"
 	@echo "                 the coverage-guided 9P decoder fuzzer for FUZZ_SECONDS (600)"
+	@echo "make fuzz-fuse   the hostile-server fuzzer of qsf-fuse: QSF_FUZZ_SESSIONS sessions"
+	@echo "                 (default 5000 against qsf-server, 1000 against diod)"
 	@echo "make bench       server benchmark, qsf-server vs diod (SIZE=tiny|small|medium|large)"
 	@echo "make bench-fuse  FUSE mount benchmark, qsf-fuse vs sshfs vs local (SIZE=tiny|small|medium)"
 	@echo "make bench-guest kernel v9fs client in a QEMU guest, qsf-server vs diod (SIZE=...)"
@@ -48,6 +50,9 @@ fuzz test-long: install
 	HYPOTHESIS_PROFILE=long $(PYTEST) -m slow
 	mkdir -p var/fuzz-corpus/p9_decoder
 	$(PYTHON) fuzz/p9_decoder.py -max_total_time=$(FUZZ_SECONDS) var/fuzz-corpus/p9_decoder
+
+fuzz-fuse: install
+	$(PYTEST) -m slow tests/fuse/test_fuse_fuzz.py -k test_fuzz_long
 
 bench bench-server: install
 	$(PYTHON) -m bench.server --size $(SIZE) --markdown

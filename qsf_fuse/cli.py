@@ -34,6 +34,8 @@ log = logging.getLogger("qsf_fuse")
 EXEC_EXIT_GRACE = 5.0
 # How long the fids may take to be clunked at unmount before the channel closes anyway.
 SHUTDOWN_GRACE = 2.0
+# How often the mount table is checked for our mount (see _watch_unmount).
+UNMOUNT_POLL = 0.5
 
 parser = argparse.ArgumentParser(
     prog="qsf-fuse",
@@ -112,12 +114,57 @@ def open_channel(args: argparse.Namespace) -> Channel:
     return Channel(read_fd, write_fd)
 
 
-async def _watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watch_signals(
+    terminate: Callable[[], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for _ in signals:
             log.info("signal received: unmounting")
-            pyfuse3.terminate()
+            terminate()
+
+
+def _mount_id(mountpoint: str) -> str | None:
+    """The id of the newest mount on mountpoint in this mount namespace (/proc/self/mountinfo).
+
+    Read from the kernel's table, never by a stat of the mount point: that
+    would be a request to ourselves.
+    """
+    escaped = (mountpoint.replace("\\", "\\134").replace(" ", "\\040")
+               .replace("\t", "\\011").replace("\n", "\\012"))
+    found = None
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split(" ", 5)
+            if len(fields) > 4 and fields[4] == escaped:
+                found = fields[0]
+    return found
+
+
+async def _watch_unmount(
+    mountpoint: str, mount_id: str, gone: list[bool], terminate: Callable[[], None]
+) -> None:
+    """End the main loop once our mount left this namespace's mount table.
+
+    The kernel ends the FUSE session only when the last copy of the mount
+    goes: a process that made a private mount namespace meanwhile (unshare,
+    a systemd service with PrivateTmp) keeps one, and `fusermount -u` here
+    would leave us serving it for ever.
+    """
+    while True:
+        await trio.sleep(UNMOUNT_POLL)
+        if mount_id not in _mount_ids():  # /proc: no request to ourselves
+            log.info("%s was unmounted (a copy may live on in another mount namespace)",
+                     mountpoint)
+            gone.append(True)
+            terminate()
+            return
+
+
+def _mount_ids() -> set[str]:
+    with open("/proc/self/mountinfo") as table:
+        return {line.split(" ", 1)[0] for line in table}
 
 
 async def _serve(config: MountConfig, channel: Channel, ready: Callable[[], None]) -> bool:
@@ -154,22 +201,37 @@ async def _mount_and_serve(
         FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
                   max_fids=config.max_fids, notify_timeout=config.notify_timeout),
     )
+    # The watchers call pyfuse3.terminate(), only while the session lives: after
+    # pyfuse3.close it would use freed memory.
+    live = [True]
+
+    def terminate() -> None:
+        if live[0]:
+            pyfuse3.terminate()
+
     # Listening before the mount appears: a signal sent as soon as it is seen is
     # handled (it is taken once pyfuse3.main runs), not fatal.
-    await nursery.start(_watch_signals)
+    await nursery.start(_watch_signals, terminate)
     try:
         pyfuse3.init(operations, config.mountpoint, config.fuse_options())
     except RuntimeError as error:
+        live[0] = False
         return MountError(f"cannot mount on {config.mountpoint}: {error}")
     notifying = trio.CancelScope()
     if client.qsf:
         nursery.start_soon(_notify, operations, notifying)
+    gone: list[bool] = []
+    mount_id = _mount_id(config.mountpoint)
+    if mount_id is not None:
+        nursery.start_soon(_watch_unmount, config.mountpoint, mount_id, gone, terminate)
     try:
         ready()
         await pyfuse3.main()
     finally:
         notifying.cancel()
-        pyfuse3.close(unmount=True)
+        live[0] = False
+        # Unmounted here already: what is on the mount point now is not ours.
+        pyfuse3.close(unmount=not gone)
     # Unmounted: end the session cleanly before the channel closes.
     with trio.move_on_after(SHUTDOWN_GRACE):
         await operations.clunk_all()

@@ -5,8 +5,13 @@ one writer task sends the frames the calls queue. Every reply is checked
 against its request before the caller sees it (see `_check_reply`): the
 server is another qube and its bytes are hostile. A reply that is wrong for
 its request fails that call with EIO; a stream that can no longer be parsed
-(bad framing, a reply to a tag nobody asked on) kills the connection, after
-which every pending and future call fails with EIO at once.
+(bad framing, a reply to a tag nobody asked on) breaks the connection.
+
+`fail` is the one place that decides the connection is broken, whatever saw
+it (the reader, the writer, an unanswered flush, the client closing): it logs
+the reason once, fails every pending call with EIO (and every later one at
+once), and cancels the reader and writer, which then close the channel so
+that the server sees EOF. Nothing is sent or read on a broken connection.
 
 A call that is cancelled or times out sends Tflush and keeps its tag reserved
 until Rflush or the late reply arrives (reference/9p2000L.md, Tflush), so a
@@ -43,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MSIZE: Final = c.MAX_MSIZE
 DEFAULT_TIMEOUT: Final = 30.0
+# The first reply may wait for the server to start (a qube to boot): at least this long.
+HANDSHAKE_TIMEOUT: Final = 30.0
 # Requests in flight at once; the server bounds its own side too.
 MAX_IN_FLIGHT: Final = 256
 # Largest extended attribute value or list we accept (Linux XATTR_SIZE_MAX).
@@ -103,7 +110,9 @@ class _Call:
 def _check_reply(request: m.Message, reply: m.Message, msize: int) -> m.Message:
     """The reply if it is a valid answer to request; raises P9Error/BadReply otherwise."""
     if isinstance(reply, m.Rlerror):
-        if not 0 < reply.ecode < 4096:
+        # Only an errno Linux defines (1..133): the kernel refuses a FUSE reply with
+        # an error of 512 or more, and the caller would wait for ever.
+        if reply.ecode not in errno.errorcode:
             raise BadReply(f"Rlerror with errno {reply.ecode}")
         raise P9Error(reply.ecode)
     expected = m.REPLY_TO[type(request)]
@@ -253,7 +262,9 @@ class P9Client:
         self._failure: str | None = None
         self._nursery: trio.Nursery | None = None
         self.fids = FidPool()
+        # Set once the reader and writer ended and the channel is closed.
         self.closed = trio.Event()
+        self._tasks_scope = trio.CancelScope()
         # Set when the server stopped answering (rather than closing the channel).
         self.unresponsive = False
         self._idle = trio.Event()  # set whenever the last call in flight ends
@@ -262,30 +273,31 @@ class P9Client:
     # -- life cycle --------------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start the reader and writer tasks in `nursery`."""
+        """Start the tasks that serve the connection in `nursery`."""
         self._nursery = nursery
-        nursery.start_soon(self._reader, name="9p-reader")
-        nursery.start_soon(self._writer, name="9p-writer")
+        nursery.start_soon(self._serve, name="9p-connection")
 
     @property
     def dead(self) -> bool:
         return self._failure is not None
 
     def fail(self, reason: str, *, quiet: bool = False) -> None:
-        """Declare the connection dead: every pending and future call fails with EIO."""
+        """Declare the connection broken: every pending and future call fails with EIO."""
         if self._failure is not None:
             return
         log.log(logging.INFO if quiet else logging.ERROR, "9P connection lost: %s", reason)
         self._failure = reason
-        for call in self._calls.values():
+        calls = list(self._calls.values())
+        self._calls.clear()
+        for call in calls:
             call.failure = ConnectionLost(reason)
             call.done.set()
             if call.flush_done is not None:
                 call.flush_done.set()
-        self._calls.clear()
         self._idle.set()
+        # Callers waiting for room in the outbox get ClosedResourceError (EIO).
         self._outbox_send.close()
-        self.closed.set()
+        self._tasks_scope.cancel()
 
     async def quiesce(self) -> None:
         """Wait until no request is in flight (or the connection is dead)."""
@@ -294,49 +306,74 @@ class P9Client:
             await self._idle.wait()
 
     async def aclose(self) -> None:
-        """Close the channel: the server sees EOF."""
+        """Close the connection: the server sees EOF. Returns once the channel is closed."""
         self.fail("closed by the client", quiet=True)
         with trio.CancelScope(shield=True):
-            for stream in (self._send_stream, self._receive_stream):
-                with contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
-                ):
-                    await stream.aclose()
+            if self._nursery is None:
+                await self._close_streams()
+            else:
+                await self.closed.wait()
 
     # -- tasks -------------------------------------------------------------
 
+    async def _serve(self) -> None:
+        """Run the reader and the writer until the connection breaks, then close it."""
+        try:
+            with self._tasks_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, name="9p-reader")
+                    nursery.start_soon(self._writer, name="9p-writer")
+        finally:
+            # Ended by fail(), or cancelled from outside (the program ends).
+            self.fail("the client stopped", quiet=True)
+            with trio.CancelScope(shield=True):
+                await self._close_streams()
+
+    async def _close_streams(self) -> None:
+        for stream in (self._send_stream, self._receive_stream):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.aclose()
+        self.closed.set()
+
     async def _writer(self) -> None:
         try:
-            async with self._outbox_receive:
-                async for frame in self._outbox_receive:
-                    # Frames queued meanwhile go in the same write: one wake-up of the
-                    # server for many requests.
-                    batch = [frame]
-                    size = len(frame)
-                    while size < _BATCH_BYTES:
-                        try:
-                            frame = self._outbox_receive.receive_nowait()
-                        except trio.WouldBlock:
-                            break
-                        batch.append(frame)
-                        size += len(frame)
-                    await self._send_stream.send_all(batch[0] if len(batch) == 1
-                                                     else b"".join(batch))
+            while True:
+                frame = await self._outbox_receive.receive()
+                # Frames queued meanwhile go in the same write: one wake-up of the
+                # server for many requests.
+                batch = [frame]
+                size = len(frame)
+                while size < _BATCH_BYTES:
+                    try:
+                        frame = self._outbox_receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(frame)
+                    size += len(frame)
+                await self._send_stream.send_all(batch[0] if len(batch) == 1
+                                                 else b"".join(batch))
+        except trio.EndOfChannel:
+            return  # fail() closed the outbox: nothing more is sent
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             self.fail(f"cannot send: {error or type(error).__name__}")
 
     async def _reader(self) -> None:
         try:
-            while self._failure is None:
+            while True:
                 data = await self._receive_stream.receive_some(_RECEIVE_CHUNK)
-                self._decoder.receive_data(data)
-                self._dispatch()
                 if not data:
                     self.fail("the server closed the channel")
+                    return
+                self._decoder.receive_data(data)
+                self._dispatch()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             self.fail(f"cannot receive: {error or type(error).__name__}")
         except FramingError as error:
             self.fail(f"framing error: {error}")
+        except Exception as error:
+            # A bug of ours on some reply: the mount must live on (EIO), the log says where.
+            log.error("9P reader failed", exc_info=error)
+            self.fail(f"internal error: {error!r}")
 
     def _dispatch(self) -> None:
         """Hand every complete reply to its call."""
@@ -568,15 +605,20 @@ class P9Client:
         msize = max(c.MIN_MSIZE, min(msize, c.MAX_MSIZE))
         self.qsf = False
         reply: m.Rversion | None = None
-        if qsf:
-            try:
-                reply = await self.call(m.Tversion(msize, c.VERSION_QSF), m.Rversion)
-            except (ConnectionLost, BadReply, CallTimeout):
-                raise
-            except P9Error:
-                reply = None  # refused: ask again for plain 9P2000.L
-        if reply is None:
-            reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        # The handshake may wait longer than a request: a server qube starting.
+        timeout, self.timeout = self.timeout, max(self.timeout, HANDSHAKE_TIMEOUT)
+        try:
+            if qsf:
+                try:
+                    reply = await self.call(m.Tversion(msize, c.VERSION_QSF), m.Rversion)
+                except (ConnectionLost, BadReply, CallTimeout):
+                    raise
+                except P9Error:
+                    reply = None  # refused: ask again for plain 9P2000.L
+            if reply is None:
+                reply = await self.call(m.Tversion(msize, c.VERSION_9P2000L), m.Rversion)
+        finally:
+            self.timeout = timeout
         self.qsf = reply.version == c.VERSION_QSF
         self.msize = reply.msize
         self._decoder.msize = reply.msize

@@ -23,7 +23,7 @@ import trio
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
 
-from . import convert
+from . import convert, threads
 from .client import BadReply, P9Client, P9Error
 from .inodes import DEFAULT_MAX_FIDS, InodeMap, Node, UnknownInode, key_of
 
@@ -86,10 +86,9 @@ def errno_of(where: str, error: Exception) -> int:
         # Concurrent calls failed: the first one's errno speaks for them.
         leaves = error.exceptions
         return errno_of(where, leaves[0]) if leaves else errno.EIO
-    if isinstance(error, P9Error):
-        return error.errno
-    if isinstance(error, pyfuse3.FUSEError):
-        return error.errno
+    if isinstance(error, P9Error | pyfuse3.FUSEError):
+        # The kernel refuses an error reply outside 1..511 (the request would hang).
+        return error.errno if 0 < error.errno < 512 else errno.EIO
     if isinstance(error, UnknownInode):
         log.warning("%s: unknown inode %s", where, error)
         return errno.ESTALE
@@ -251,7 +250,7 @@ class Core:
     async def invalidate(self, inode: int) -> None:
         try:
             # May wait for page locks held by a read we are serving: not in a handler.
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False)
+            await threads.run_abandoning(pyfuse3.invalidate_inode, inode, False)
         except OSError as error:
             if error.errno != errno.ENOENT:
                 log.warning("invalidate inode %d: %s", inode, error)

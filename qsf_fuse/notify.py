@@ -27,6 +27,7 @@ import trio
 from qsf_p9 import constants as c
 from qsf_p9 import messages as m
 
+from . import threads
 from .client import ConnectionLost, P9Error
 from .core import Core
 from .inodes import Node
@@ -162,7 +163,7 @@ class Notifier:
         # answer any more: then it is abandoned (and told to stop) rather than awaited.
         stop = threading.Event()
         try:
-            await trio.to_thread.run_sync(_run, todo, stop, abandon_on_cancel=True)
+            await threads.run_abandoning(_run, todo, stop)
         finally:
             stop.set()
 

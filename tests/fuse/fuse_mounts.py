@@ -152,6 +152,45 @@ def start_mount(
     return mount
 
 
+def abort_connection(path: Path) -> bool:
+    """Abort the FUSE connection of the mount at path (fusectl), freeing what waits on it.
+
+    The last resort of a test whose mount hangs: a process waiting for a reply
+    the client already took cannot be killed, and keeps the mount busy.
+    """
+    connections = Path("/sys/fs/fuse/connections")
+    try:
+        minor = os.minor(os.stat(path).st_dev)
+        if not any(connections.iterdir()) and os.geteuid() == 0:
+            subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)],
+                           check=False, capture_output=True)
+        (connections / str(minor) / "abort").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
+def run_on_mount(argv: list[str], mnt: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a program on the mount; if it outlives timeout, abort the mount and fail.
+
+    (A program waiting in the kernel for a reply cannot be killed: only
+    aborting the FUSE connection frees it.)
+    """
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        try:
+            process.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            abort_connection(mnt)
+            process.communicate()
+        pytest.fail(f"{argv} still running after {timeout} s")
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
 def assert_gone(pids: list[int], wait: float = EXIT_WAIT) -> None:
     """The processes exit (they may be zombies of an exited parent only briefly)."""
     deadline = time.monotonic() + wait

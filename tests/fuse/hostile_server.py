@@ -59,6 +59,8 @@ def main() -> int:
                 reply = m.Rwalk(())
             elif name == b"wrong-type":
                 reply = m.Rread(b"not a walk reply")
+            elif name.startswith(b"errno-"):
+                reply = m.Rlerror(int(name[6:]))
             elif name == b"too-many-qids":
                 reply = m.Rwalk((FILE, FILE))
             elif name == b"garbage":

@@ -310,3 +310,40 @@ def test_fid_numbers_are_never_given_out_twice() -> None:
     pool.release(first)  # a second release is refused, not queued twice
     assert pool.allocate() == first
     assert pool.allocate() not in (first, second)
+
+
+async def test_connection_broken_while_the_writer_sends_ends_it_quietly() -> None:
+    """Regression (issue 11): frames still queued when the connection broke.
+
+    The writer, blocked sending one frame, took the queued ones afterwards and
+    died of trio.EndOfChannel, killing the client (and leaving a dead mount).
+    Now every call fails with EIO, nothing more is sent and the channel closes.
+    """
+    to_server, server_end = trio.testing.lockstep_stream_one_way_pair()
+    server_reply, from_server = trio.testing.memory_stream_one_way_pair()
+    client = P9Client(from_server, to_server, timeout=5)
+    results: list[object] = []
+
+    async def call(fid: int) -> None:
+        results.append(await call_result(client, m.Tclunk(fid), m.Rclunk))
+
+    async with trio.open_nursery() as nursery:
+        await client.start(nursery)
+        nursery.start_soon(call, 1)
+        await trio.testing.wait_all_tasks_blocked()  # the writer is in send_all
+        nursery.start_soon(call, 2)
+        nursery.start_soon(call, 3)
+        await trio.testing.wait_all_tasks_blocked()  # two frames queued behind it
+        await server_reply.send_all(encode(777, m.Rclunk()))  # a tag nobody asked on
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.dead
+        assert results == [errno.EIO] * 3
+        # The server reads on: at most the frame under way arrives, then EOF.
+        received = b""
+        with trio.fail_after(1):
+            while data := await server_end.receive_some(65536):
+                received += data
+                await trio.testing.wait_all_tasks_blocked()
+        assert len(received) <= len(encode(0, m.Tclunk(1)))
+        assert await call_result(client, m.Tclunk(4), m.Rclunk) == errno.EIO
+        await client.aclose()

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from fuse_mounts import Mount, Server, assert_gone, is_mounted, start_mount, unmount
+from fuse_mounts import (
+    Mount,
+    Server,
+    abort_connection,
+    assert_gone,
+    is_mounted,
+    start_mount,
+    unmount,
+)
 
 pytestmark = pytest.mark.fuse
 
@@ -140,3 +148,122 @@ def test_sigterm_unmounts(server: Server, workdir: Path) -> None:
         assert_gone(servers)
     finally:
         unmount(mount, check=False)
+
+
+def test_unmount_ends_the_client_while_another_namespace_holds_the_mount(
+    server: Server, workdir: Path
+) -> None:
+    """Regression (issue 11): `fusermount -u` succeeded, the client served on for ever.
+
+    A process that made a private mount namespace while the folder was mounted
+    (unshare, a systemd service with PrivateTmp) holds a copy of the mount: the
+    kernel ends the FUSE session only with the last copy. The client now
+    watches its own namespace's mount table.
+    """
+    mount = start_mount(server, workdir)
+    servers = mount.server_pids()
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                               "sleep", "600"])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{holder.pid}/ns/mnt").exists() or (
+                os.readlink(f"/proc/{holder.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")):
+            assert time.monotonic() < deadline, "unshare did not start"
+            time.sleep(0.02)
+        (mount.mnt / "f").write_bytes(b"x")
+        started = time.monotonic()
+        unmount(mount)
+        assert time.monotonic() - started < 5
+        assert mount.process.returncode == 0
+        assert_gone(servers)
+    finally:
+        holder.kill()
+        holder.wait()
+        unmount(mount, check=False)
+
+
+# Every operation against a server qube that is killed (SIGKILL) or frozen
+# (SIGSTOP) while the operation waits on it. "Long" ones (a listing of many
+# files, a writeback of many pages) are under way when the fault comes; the
+# others send their first request to a server already gone or frozen.
+OPERATIONS = {
+    "stat": ("stat $M/file", False),
+    "ls": ("ls -l $M", False),
+    "cat": ("cat $M/file", False),
+    "write-fsync": ("dd if=/dev/zero of=$M/new bs=64k count=4 conv=fsync", False),
+    "mkdir": ("mkdir $M/dir2", False),
+    "mv": ("mv $M/file $M/moved", False),
+    "symlink": ("ln -s file $M/link", False),
+    "rm": ("rm -f $M/file", False),
+    "chmod": ("chmod 600 $M/file", False),
+    "truncate": ("truncate -s 10 $M/file", False),
+    "getfattr": ("getfattr -d $M/file", False),
+    "setfattr": ("setfattr -n user.a -v b $M/file", False),
+    "df": ("df $M", False),
+    "long-listing": ("ls -lR $M/many", True),
+    "writeback": ("dd if=/dev/zero of=$M/big bs=1M count=400 conv=fsync", True),
+}
+FAULT_TIMEOUT = 1.0
+
+
+def _cases() -> list[object]:
+    """Every operation and fault against qsf-server; against diod the long ones (the
+    rest of diod's behind `slow`: the client's side of a dead or frozen server
+    does not depend on which server it was)."""
+    cases: list[object] = []
+    for operation, (_, long) in OPERATIONS.items():
+        for fault in ("kill", "stop"):
+            cases.append(pytest.param("qsf", operation, fault, id=f"qsf-{operation}-{fault}"))
+            marks = [pytest.mark.diod] + ([] if long else [pytest.mark.slow])
+            cases.append(pytest.param("diod", operation, fault, marks=marks,
+                                      id=f"diod-{operation}-{fault}"))
+    return cases
+
+
+@pytest.mark.parametrize(("server_name", "operation", "fault"), _cases())
+def test_operation_with_the_server_gone(
+    workdir: Path, server_name: str, operation: str, fault: str
+) -> None:
+    server = Server(server_name)
+    command, long = OPERATIONS[operation]
+    export = workdir / "export"
+    (export / "many").mkdir(parents=True)
+    (export / "file").write_bytes(b"data\n")
+    if long:
+        for i in range(1500):
+            (export / "many" / f"entry-{i:05}").touch()
+    mount = start_mount(server, workdir, (f"request_timeout={FAULT_TIMEOUT}",))
+    pid = _server_pid(mount)
+    signum = signal.SIGKILL if fault == "kill" else signal.SIGSTOP
+    try:
+        env = {**os.environ, "M": str(mount.mnt)}
+        if not long:
+            os.kill(pid, signum)
+        started = time.monotonic()
+        program = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        if long:
+            time.sleep(0.3)
+            os.kill(pid, signum)
+        # A call waits at most the timeout, its flush as long again; then EIO at once.
+        limit = 3 * FAULT_TIMEOUT + 5
+        try:
+            _, stderr = program.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            program.kill()
+            try:
+                program.communicate(timeout=2)
+            except subprocess.TimeoutExpired:
+                abort_connection(mount.mnt)  # in D state: free it, then fail
+            pytest.fail(f"{command} still running {limit} s after the server {fault}ed")
+        assert program.returncode != 0 or long, f"{command} succeeded: {stderr}"
+        assert time.monotonic() - started < limit
+        assert mount.alive()
+        unmount(mount)
+        assert mount.process.returncode == 0
+        assert "Traceback" not in mount.log_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        unmount(mount, check=False)
+        assert_gone([pid])

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import support
-from fuse_mounts import Mount, Server, is_mounted, unmount, wait_for_mount
+from fuse_mounts import (
+    Mount,
+    Server,
+    is_mounted,
+    run_on_mount,
+    unmount,
+    wait_for_mount,
+)
 
 from qsf_fuse import convert
 from qsf_fuse.client import BadReply
@@ -45,6 +52,11 @@ def test_bad_replies_fail_only_their_call(workdir: Path) -> None:
             assert os.stat(mnt / "ok").st_size == 5
         with pytest.raises(FileNotFoundError):
             os.stat(mnt / "missing")
+        # Regression (issue 11): an errno the kernel refuses in a FUSE reply (512 or
+        # more) left the program waiting for ever, in D state, and the mount busy.
+        for odd in (512, 4095, 134):
+            result = run_on_mount(["stat", str(mnt / f"errno-{odd}")], mnt, 10)
+            assert "Input/output error" in result.stderr, result.stderr
         # A broken frame: the connection is over, every call fails at once.
         with pytest.raises(OSError) as error:
             os.stat(mnt / "garbage")
@@ -84,3 +96,13 @@ def test_open_flags_map_bit_by_bit() -> None:
     with pytest.raises(convert.P9Error) as error:
         convert.check_name(b"x" * 256)
     assert error.value.errno == errno.ENAMETOOLONG
+
+
+def test_no_errno_the_kernel_refuses_reaches_it() -> None:
+    """A FUSE error reply outside 1..511 is refused by the kernel: the program would hang."""
+    from qsf_fuse.client import P9Error
+    from qsf_fuse.core import errno_of
+
+    for odd in (0, 512, 4095, 70000):
+        assert errno_of("test", P9Error(odd)) == errno.EIO
+    assert errno_of("test", P9Error(errno.ENOENT)) == errno.ENOENT
