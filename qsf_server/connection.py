@@ -58,6 +58,7 @@ class Ending(Enum):
 class _InFlight:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+    long_poll: bool = False  # answered only when something happens (Tqsfwatch)
 
 
 class Connection:
@@ -117,6 +118,12 @@ class Connection:
                 if outcome is not Ending.EOF:
                     # Tversion, or the stream is gone: abandon every request unanswered.
                     requests.cancel_scope.cancel()
+                else:
+                    # The client is gone: what it asked goes on to its end (writes
+                    # land), but a long poll would wait for ever.
+                    for entry in self._in_flight.values():
+                        if entry.long_poll:
+                            entry.scope.cancel()
             if isinstance(outcome, Ending):
                 return outcome
             tag, version = outcome
@@ -174,7 +181,7 @@ class Connection:
             except BaseException:
                 self._slots.release()
                 raise
-        entry = _InFlight()
+        entry = _InFlight(long_poll=isinstance(message, m.Tqsfwatch))
         self._in_flight[tag] = entry
         requests.start_soon(self._run, tag, message, entry, bulk)
 

@@ -134,6 +134,16 @@ async def test_watch_is_cancelled_by_flush(export: Path) -> None:
         await client.ok(m.Tgetattr(ROOT, c.GETATTR_BASIC))  # the session goes on
 
 
+async def test_eof_ends_a_pending_watch(export: Path) -> None:
+    # A client gone with its long poll unanswered: the connection still ends (the
+    # server exited only after the client's grace, killed, under the fuzz proxy).
+    with trio.fail_after(5):
+        async with served(export, handshake=False) as client:
+            await _qsf_handshake(client)
+            await client.send(m.Tqsfwatch(8192))
+            await trio.sleep(0.05)
+
+
 async def test_watch_limit_ends_notification(export: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watcher_module, "DEFAULT_MAX_WATCHES", 1)
