@@ -76,7 +76,14 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = WAIT
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        result = condition()
+        try:
+            result = condition()
+        except Exception as error:
+            # A widget the window replaced while the tree was being walked (a reload):
+            # AT-SPI answers that the object no longer exists. Walk again.
+            if "does not exist" not in str(error) or time.monotonic() > deadline:
+                raise
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
