@@ -3,7 +3,7 @@
 The decisions are made with qvm-folder-share (the installed console script) against
 a temporary QSF_DOM0_ROOT; what the window shows and what it saves are checked in
 the accessibility tree and read back with `qvm-folder-share list --json`.
-Set QSF_SCREENSHOTS_DIR (make screenshots) to keep the window's picture there.
+The `picture` fixture keeps the window's picture in QSF_SCREENSHOTS_DIR (make screenshots).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import datetime
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,7 +162,7 @@ def message(atspi: Atspi, frame: Any) -> str:
 
 def test_lists_every_decision_and_pending_is_not_editable(
     manager: Callable[..., Any], atspi: Atspi, keys: Keys, screenshot: Callable[..., Path],
-    dom0: Dom0, tmp_path: Path,
+    picture: Callable[[str, str], Path], dom0: Dom0, tmp_path: Path,
 ) -> None:
     documents = next(r for r in dom0.rows() if r["folder"] == "/home/user/Documents")
     dom0.use(documents["id"], "work", "vault", b"/home/user/Documents/Reports")
@@ -199,12 +198,10 @@ def test_lists_every_decision_and_pending_is_not_editable(
     select(atspi, frame, "/home/user/Pictures/Holidays 2026")
     assert atspi.has_state(button(atspi, frame, "Make read-write"), "sensitive")
     assert not atspi.has_state(button(atspi, frame, "Make read-only"), "sensitive")
-    shot = steady_screenshot(screenshot, tmp_path / "folder-share-manager.png",
-                             keys.window(TITLE))
+    window = keys.window(TITLE)
+    steady_screenshot(screenshot, tmp_path / "drawn.png", window)
+    shot = picture("folder-share-manager", window)  # kept for the README by make screenshots
     assert shot.stat().st_size > 10_000
-    keep = os.environ.get("QSF_SCREENSHOTS_DIR")
-    if keep:
-        shutil.copyfile(shot, Path(keep) / "folder-share-manager.png")
 
 
 def test_revoke_and_edit_mode(manager: Callable[..., Any], atspi: Atspi, dom0: Dom0) -> None:
