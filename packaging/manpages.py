@@ -78,7 +78,8 @@ def write_page(program: str, name: str, module: str, version: str, outdir: Path)
     subprocess.run([program, "--module", module, "--object", "parser",
                     "--project-name", "qsf", "--version", version,
                     "--description", summary(module), "--author", "the qsf developers",
-                    "--manual-section", section, "--manual-title", "qsf manual", "--url", URL, "--output", str(out)],
+                    "--manual-section", section, "--manual-title", "qsf manual",
+                    "--url", URL, "--output", str(out)],
                    check=True, env=env)
     # argparse-manpage titles the page with the parser's prog: it must be the command.
     title = out.read_text().splitlines()[0].replace("\\", "")

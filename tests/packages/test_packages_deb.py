@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.packages, pytest.mark.timeout(1800)]
 # What the project's tests need from the checkout besides the installed package:
 # the test tree, the simulator (test support, never packaged), the files the
 # tests compare with the packaged ones, and pytest's configuration.
-TEST_FILES = ("tests", "qsf_sim", "qubes-rpc", "policy", "fuzz", "pyproject.toml")
+TEST_FILES = ("tests", "qsf_sim", "qubes-rpc", "policy", "packaging", "fuzz", "pyproject.toml")
 # The areas that use trio, pyfuse3 and construct run in every root; the
 # stdlib-only ones (dom0, the simulator) where the Python differs from the
 # venv's 3.11: Debian 13's 3.13.
@@ -34,6 +34,10 @@ NOT_HERE = (
     # The long FUSE load runs (4 minutes a root) stay in the venv's suite.
     "tests/fuse/test_fuse_stress.py",
     "tests/fuse/test_fuse_conformance.py::test_ten_thousand_entries",
+    # systemd-analyze (the root has no systemd) and a desktop's notification
+    # server: checks of the unit files and of the desktop, not of the libraries.
+    "tests/mount/test_mount_units.py",
+    "tests/server/test_server_notify.py",
 )
 
 
