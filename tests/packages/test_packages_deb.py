@@ -151,7 +151,8 @@ def test_project_tests_pass_on_the_installed_package(root: roots.Root) -> None:
     for name in TEST_FILES:
         source = support.REPO / name
         if source.is_dir():
-            shutil.copytree(source, tree / name,
+            # symlinks=True: packaging/ holds a link to the agent's socket, absent here.
+            shutil.copytree(source, tree / name, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
         else:
             shutil.copy(source, tree / name)
