@@ -101,6 +101,15 @@ def wait_for_mount(mount: Mount) -> None:
             mount.process.kill()
             pytest.fail(f"no mount after {MOUNT_WAIT} s:\n{mount.log_text()}")
         time.sleep(0.02)
+    # The mount shows before libfuse is done: as root it then runs `mount -f`
+    # to add an mtab entry (libfuse 3.17, Debian 13). Ready when the --exec
+    # server is the client's only child.
+    while len(mount.server_pids()) != 1:
+        if time.monotonic() > deadline:
+            mount.process.kill()
+            pytest.fail(f"qsf-fuse's children never settled to its server: "
+                        f"{mount.server_pids()}:\n{mount.log_text()}")
+        time.sleep(0.02)
 
 
 def unmount(mount: Mount, *, check: bool = True) -> None:

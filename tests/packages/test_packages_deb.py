@@ -38,9 +38,6 @@ NOT_HERE = (
     # server: checks of the unit files and of the desktop, not of the libraries.
     "tests/mount/test_mount_units.py",
     "tests/server/test_server_notify.py",
-    # KNOWN FAILURE, to fix next: on Debian 13 three cases leave processes behind
-    # (qsf-cat-kill, qsf-mv-stop, qsf-getfattr-kill); the venv suite runs them all.
-    "tests/fuse/test_fuse_faults.py::test_operation_with_the_server_gone",
 )
 
 
