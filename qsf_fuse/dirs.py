@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
+from array import array
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Readdirplus entries resolved (walk + getattr) concurrently.
 READDIR_BATCH: Final = 32
-# A directory listing longer than this is cut (a server could list forever).
+# A directory listing longer than this is cut (a server could list forever);
+# what an open directory keeps of it is 8 bytes an entry (OpenDir.cookies).
 MAX_DIR_ENTRIES: Final = 1_000_000
 
 
@@ -37,11 +39,18 @@ class Listed(NamedTuple):
 
 @dataclass(eq=False)
 class OpenDir:
+    """A directory open for listing: position i (next_id i + 1) is the i-th
+    entry the server listed, invalid names left out."""
+
     fid: int
     node: Node
-    # Entries fetched so far, in server order: position i has next_id i + 1. Each:
-    # name, qid, and from a Tqsfreaddir its entry and the epoch it came in.
+    # The entries fetched and not yet handed to the kernel, from position `start`
+    # on. Each: name, qid, and from a Tqsfreaddir its entry and the epoch it
+    # came in. What the kernel took is dropped (the server may list for ever).
     entries: list[Listed] = field(default_factory=list)
+    start: int = 0
+    # cookies[i]: the 9P offset that lists on after position i (seekdir).
+    cookies: array[int] = field(default_factory=lambda: array("Q"))
     cookie: int = 0  # the 9P offset to continue from
     eof: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -81,18 +90,32 @@ class Directories:
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         directory = self._core.dirs[fh]
         async with directory.lock:
-            if start_id == 0 and (directory.entries or directory.eof):
+            if start_id == 0 and (directory.cookies or directory.eof):
                 # Rewind: list afresh.
-                self._drop_ready(directory)
-                directory.entries.clear()
-                directory.cookie = 0
-                directory.eof = False
+                self._seek(directory, 0)
                 directory.listed = []
+            elif not directory.start <= start_id <= directory.start + len(directory.entries):
+                if start_id > len(directory.cookies):
+                    return  # no offset this listing gave: the end
+                self._seek(directory, start_id)
             position = start_id
+            # One call ends in bounded time even if every name vanishes before
+            # it is resolved (or a server lists such names for ever).
+            deadline = trio.current_time() + self._client.timeout
+            sent = 0
             while True:
-                while position >= len(directory.entries) and not directory.eof:
+                if trio.current_time() > deadline:
+                    if sent:
+                        return
+                    log.warning("no entry of the listing resolved for %.0f s: failing "
+                                "readdir", self._client.timeout)
+                    raise P9Error(errno.EIO)
+                # What the kernel took is done with.
+                del directory.entries[: position - directory.start]
+                directory.start = position
+                while not directory.entries and not directory.eof:
                     await self._fetch(directory)
-                batch = directory.entries[position : position + READDIR_BATCH]
+                batch = directory.entries[:READDIR_BATCH]
                 if not batch:
                     return
                 todo = [index for index in range(len(batch))
@@ -115,9 +138,19 @@ class Directories:
                         # The kernel's buffer is full: keep it for the next call.
                         directory.ready[position + index] = item
                         return
+                    sent += 1
                     if name not in (b".", b".."):
                         self._note_listed(directory, attrs.st_ino)
                 position += len(batch)
+
+    def _seek(self, directory: OpenDir, position: int) -> None:
+        """List on from position (0: afresh), with the 9P offset noted for it."""
+        self._drop_ready(directory)
+        directory.entries.clear()
+        directory.start = position
+        directory.cookie = directory.cookies[position - 1] if position else 0
+        del directory.cookies[position:]
+        directory.eof = False
 
     def _note_listed(self, directory: OpenDir, inode: int) -> None:
         """Remember where inode's node came in its directory's listing."""
@@ -154,10 +187,11 @@ class Directories:
             if convert.valid_entry_name(entry.name) or entry.name in (b".", b".."):
                 plus = entry if isinstance(entry, m.QsfDirent) else None
                 directory.entries.append(Listed(entry.name, entry.qid, plus, epoch))
+                directory.cookies.append(entry.offset)
             else:
                 log.warning("skipping a directory entry with an invalid name %r", entry.name)
         directory.cookie = reply.entries[-1].offset
-        if len(directory.entries) > MAX_DIR_ENTRIES:
+        if len(directory.cookies) > MAX_DIR_ENTRIES:
             log.warning("directory listing cut at %d entries", MAX_DIR_ENTRIES)
             directory.eof = True
 

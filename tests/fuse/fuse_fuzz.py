@@ -6,7 +6,8 @@ mounts it with a short request timeout, ordinary programs run on the mount,
 then `fusermount -u`. What the server does to the programs' results is its
 business (wrong contents, EIO); what it must not do is checked (`Session.check`):
 
-- no program runs past the budget its calls' timeouts allow (PROGRAM_LIMIT);
+- no program runs past the budget its calls' timeouts allow (PROGRAM_LIMIT),
+  unless the proxy made a listing endless (then it is killed, and must die);
 - the client lives until unmounted, logs no traceback and exits 0 within
   EXIT_LIMIT of `fusermount -u`, which always succeeds; the proxy saw the
   channel close, and neither it nor the server outlives the client;
@@ -139,6 +140,7 @@ class Session:
     # instead of one by one: the regression tests.
     plan: str | None = None
     parallel: tuple[str, ...] = ()
+    overran: list[str] = field(default_factory=list)  # killed at PROGRAM_LIMIT
 
     @property
     def export(self) -> Path:
@@ -228,6 +230,9 @@ class Session:
         else:
             if not self.report.get("client_eof"):
                 self.problems.append("the proxy never saw the channel close")
+        if not self.report.get("endless_entries"):
+            # Only a listing that never ends may keep a program busy that long.
+            self.problems += self.overran
 
     def exercise(self, client: subprocess.Popen[bytes]) -> None:
         rng = random.Random(self.seed)
@@ -239,11 +244,17 @@ class Session:
         validate = f"{shlex.quote(sys.executable)} -c {shlex.quote(VALIDATE)} $M"
         for program in [*programs, validate]:
             started = time.monotonic()
-            output = _run_bounded(program, env, PROGRAM_LIMIT)
+            try:
+                output = _run_bounded(program, env, PROGRAM_LIMIT)
+            except Overran as overran:
+                output = ""
+                problem = f"{program[:60]!r} still running after {PROGRAM_LIMIT} s"
+                if overran.unkillable:
+                    self.problems.append(problem + ", and SIGKILL did not end it")
+                else:
+                    self.overran.append(problem)
             self.timings[program[:24]] = round(time.monotonic() - started, 2)
-            if output is None:
-                self.problems.append(f"{program[:60]!r} still running after {PROGRAM_LIMIT} s")
-            elif program is validate and output.strip():
+            if program is validate and output.strip():
                 self.problems.append(f"values out of range reached the kernel:\n{output}")
             if client.poll() is not None:
                 self.problems.append(f"the client exited ({client.returncode}) while mounted")
@@ -287,8 +298,16 @@ class Session:
                 + f"\nclient log (end):\n{tail}")
 
 
-def _run_bounded(program: str, env: dict[str, str], limit: float) -> str | None:
-    """Run program in its own process group; None if it outlived limit (then killed)."""
+class Overran(Exception):
+    """A program outlived its limit; `unkillable`: SIGKILL did not end it either."""
+
+    def __init__(self, unkillable: bool) -> None:
+        super().__init__(unkillable)
+        self.unkillable = unkillable
+
+
+def _run_bounded(program: str, env: dict[str, str], limit: float) -> str:
+    """Run program in its own process group; raise Overran if it outlived limit (killed)."""
     process = subprocess.Popen(["bash", "-c", program], env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -302,7 +321,8 @@ def _run_bounded(program: str, env: dict[str, str], limit: float) -> str | None:
             # Waiting in the kernel for a reply the client took: unkillable. Free it.
             abort_connection(Path(env["M"]))
             process.communicate()
-        return None
+            raise Overran(unkillable=True) from None
+        raise Overran(unkillable=False) from None
     return output.decode(errors="replace")
 
 

@@ -35,20 +35,27 @@ HEADER = 7
 NOTAG = 0xFFFF
 RLERROR, TFLUSH, RFLUSH = 7, 108, 109
 TVERSION, TREAD, TWALK, TREADDIR = 100, 116, 110, 40
+# qsf's extensions (docs/PROTOCOL.md): a listing with attributes, change notification.
+TQSFREADDIR, TQSFWATCH = 200, 202
+RREADDIR, RQSFREADDIR, RQSFWATCH = TREADDIR + 1, TQSFREADDIR + 1, TQSFWATCH + 1
+LISTINGS = (RREADDIR, RQSFREADDIR)
+QSF_ENTRY_TAIL = 1 + 153  # flags[1] attr[153] after an Rreaddir entry
 R_TYPES = (7, 9, 13, 15, 17, 19, 21, 23, 25, 27, 31, 33, 41, 51, 53, 55, 71, 73, 75, 77,
-           101, 105, 107, 109, 111, 117, 119, 121, 123)
+           101, 105, 107, 109, 111, 117, 119, 121, 123, RQSFREADDIR, RQSFWATCH)
 ODD_ERRNOS = (0, 4096, 0xFFFFFFFF, 0x80000000, 512, 4095, 1, 4, 11, 5, 28, 13, 22, 95, 36)
 
 # What can happen to one reply. "withhold" keeps it until the client flushes the
 # tag, then sends it before or after the Rflush, or never; "delay" sends it late;
-# "stall" and "stop-reading" end the session's traffic (a frozen server).
+# "stall" and "stop-reading" end the session's traffic (a frozen server);
+# "endless" makes the listing of the next directory read never end (fresh
+# entries for ever, as a directory that grows faster than it is read).
 KINDS = {
     "flip": 6, "size": 4, "truncate": 3, "eof": 2, "tag-inflight": 4, "tag-random": 3,
     "duplicate": 4, "unsolicited": 3, "type": 4, "retype": 3, "count": 8, "field": 8,
     "errno": 5, "names": 3, "split": 6, "withhold": 3, "delay": 2, "stall": 1,
-    "stop-reading": 1, "huge": 2,
+    "stop-reading": 1, "huge": 2, "events": 4, "endless": 1,
 }
-DELAYING = {"withhold", "delay", "stall", "stop-reading", "huge"}
+DELAYING = {"withhold", "delay", "stall", "stop-reading", "huge", "endless"}
 MAX_DELAYING = 3
 
 
@@ -100,6 +107,9 @@ class Proxy:
         self.recent: list[bytes] = []
         self.mutations: list[tuple[int, str]] = []
         self.delaying = 0
+        self.endless: set[int] = set()  # directory fids whose listing never ends
+        self.endless_next = False  # the next listing's fid joins them
+        self.endless_entries = 0
         self.silent = False  # stall: send nothing more
         self.deaf = False  # stop-reading: read nothing more
         self.client_eof = threading.Event()
@@ -167,6 +177,14 @@ class Proxy:
             if kind == RFLUSH and tag in self.flushes:
                 self.answer_flush(frame, tag)
                 continue
+            if kind in LISTINGS and request is not None and len(request[1]) >= 16:
+                fid = struct.unpack_from("<I", request[1])[0]
+                if self.endless_next:
+                    self.endless_next = False
+                    self.endless.add(fid)
+                if fid in self.endless:
+                    self.send(self.endless_listing(kind, tag, request))
+                    continue
             mutation = self.choose(count, kind)
             if mutation is None:
                 self.send(frame)
@@ -277,6 +295,11 @@ class Proxy:
             with self.lock:
                 self.silent = True
             self.deaf = True
+        elif mutation == "events":
+            self.send(self.odd_events(frame))
+        elif mutation == "endless":
+            self.endless_next = True
+            self.send(frame)
         elif mutation == "huge":
             size = rng.choice((self.msize, self.msize - 1, 1 << 20, 1 << 31))
             self.send(struct.pack("<IBH", size, kind, tag) + os.urandom(rng.randrange(64)))
@@ -289,12 +312,13 @@ class Proxy:
         kind, tag = header(frame)
         body = frame[HEADER:]
         asked = 0
-        if request is not None and request[0] in (TREAD, TREADDIR) and len(request[1]) >= 16:
+        if (request is not None and request[0] in (TREAD, TREADDIR, TQSFREADDIR)
+                and len(request[1]) >= 16):
             asked = struct.unpack_from("<I", request[1], 12)[0]
         if kind == 117 and asked and rng.random() < 0.5:  # Rread: more than asked, well formed
             data = os.urandom(min(asked + rng.randint(1, 4096), self.msize - 11))
             return build(117, tag, struct.pack("<I", len(data)) + data)
-        if kind in (117, 41, 23) and len(body) >= 4:  # a count that lies
+        if kind in (117, 23, *LISTINGS, RQSFWATCH) and len(body) >= 4:  # a count that lies
             return frame[:7] + struct.pack("<I", rng.choice((len(body), 0xFFFFFFFF, 1 << 20)))\
                 + body[4:]
         if kind == 111:  # Rwalk: more qids than names, or than MAXWELEM
@@ -324,14 +348,50 @@ class Proxy:
         """Rreaddir with a name no file can have, or a duplicate; others get a flip."""
         rng = self.rng
         kind, tag = header(frame)
-        if kind != 41:
+        if kind not in LISTINGS:
             return self.odd_field(frame)
         name = rng.choice((b"", b".", b"..", b"a/b", b"a\0b", b"x" * 256, b"x" * 255,
                            b"\xff\xfe", b"dup", b"dup"))
         entry = os.urandom(13) + struct.pack("<QB", rng.getrandbits(63), rng.randrange(256)) \
             + string(name)
+        if kind == RQSFREADDIR:
+            # Flags and attributes that lie too: random, or claiming attributes of zeros.
+            entry += rng.choice((os.urandom(QSF_ENTRY_TAIL), b"\x03" + bytes(153)))
         entries = frame[HEADER + 4:] + entry + entry
-        return build(41, tag, struct.pack("<I", len(entries)) + entries)
+        return build(kind, tag, struct.pack("<I", len(entries)) + entries)
+
+    def odd_events(self, frame: bytes) -> bytes:
+        """An Rqsfwatch batch of events no server can mean; other replies get a field."""
+        rng = self.rng
+        kind, tag = header(frame)
+        if kind != RQSFWATCH:
+            return self.odd_field(frame)
+        events = b""
+        for _ in range(rng.randint(1, 40)):
+            name = rng.choice((b"", b".", b"..", b"a/b", b"a\0b", b"x" * 255, b"\xff",
+                               b"a", b"b", b"sub"))
+            events += struct.pack("<BQQ", rng.choice((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255)),
+                                  rng.choice((0, 1, rng.getrandbits(64))),
+                                  rng.choice((0, 1, rng.getrandbits(64)))) + string(name)
+        if rng.random() < 0.3:
+            events = frame[HEADER + 4:] + events  # the real ones first
+        return build(RQSFWATCH, tag, struct.pack("<I", len(events)) + events)
+
+    def endless_listing(self, kind: int, tag: int, request: tuple[int, bytes]) -> bytes:
+        """A full, well-formed batch of entries no earlier batch had: never the end."""
+        asked = min(struct.unpack_from("<I", request[1], 12)[0], self.msize - 11)
+        entries = b""
+        while True:
+            self.endless_entries += 1
+            name = b"endless-%d" % self.endless_entries
+            entry = (struct.pack("<BIQ", 0, 0, 1 << 40 | self.endless_entries)
+                     + struct.pack("<QB", self.endless_entries, 8) + string(name))
+            if kind == RQSFREADDIR:
+                entry += bytes(QSF_ENTRY_TAIL)
+            if len(entries) + len(entry) > asked:
+                break
+            entries += entry
+        return build(kind, tag, struct.pack("<I", len(entries)) + entries)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -368,7 +428,8 @@ def main() -> int:
     if args.report:
         with open(args.report, "w") as report:
             json.dump({"seed": args.seed, "rate": proxy.rate, "mutations": proxy.mutations,
-                       "client_eof": proxy.client_eof.is_set()}, report)
+                       "client_eof": proxy.client_eof.is_set(),
+                       "endless_entries": proxy.endless_entries}, report)
     return status
 
 

@@ -13,13 +13,14 @@ import os
 import shutil
 
 import fuse_fuzz
+import fuzz_proxy
 import pytest
 import support
 from fuse_mounts import Server
 
 pytestmark = pytest.mark.fuse
 
-# Seeds of the short run: every kind of mutation occurs in them.
+# Seeds of the short run (random plans), and test_every_mutation for each kind.
 SHORT = {"qsf": range(16), "diod": range(6)}
 LONG = {"qsf": 5000, "diod": 1000}
 
@@ -50,6 +51,17 @@ def test_fuzz_session(name: str, seed: int) -> None:
     assert not session.problems, session.describe()
 
 
+@pytest.mark.parametrize("kind", sorted(fuzz_proxy.KINDS))
+def test_every_mutation(kind: str) -> None:
+    """Each kind of mutation on one reply early in a session of all the programs."""
+    reply = 4 + sorted(fuzz_proxy.KINDS).index(kind) % 12
+    session = fuse_fuzz.run_session(_server("qsf"), reply, plan=f"{reply}:{kind}")
+    assert not session.problems, session.describe()
+    if session.report or kind not in fuzz_proxy.DELAYING:
+        # (The client kills a server it judged frozen: then no report is left.)
+        assert [k for _, k in session.mutations()] == [kind], session.describe()
+
+
 # Regressions (issue 11), with the proxy's mutation fixed: a reply on a tag that
 # nobody waits on (a duplicate, another tag, an unsolicited one) while reads and
 # writes keep the writer busy. Before the fix the client died of trio.EndOfChannel
@@ -66,6 +78,25 @@ def test_broken_connection_under_load_unmounts_and_exits(plan: str) -> None:
         assert session.mounted
         assert not session.problems, session.describe()
         assert "no request is waiting on" in session.log.read_text(), session.describe()
+    finally:
+        shutil.rmtree(session.workdir, ignore_errors=True)
+
+
+# Regression (issue 11): a listing that never ends, of names that are gone when
+# the client looks them up. The client kept every entry (300 MB in 20 s), and
+# one readdir call looped for ever: `ls` could not be killed, nor the client
+# end after `fusermount -u`. Now a readdir call that resolves nothing in a
+# request timeout fails with EIO, and an open directory keeps 8 bytes an entry.
+@pytest.mark.parametrize("name", ["qsf", pytest.param("diod", marks=pytest.mark.diod)])
+def test_endless_listing_of_vanished_names_fails_in_bounded_time(name: str) -> None:
+    session = fuse_fuzz.run_session(_server(name), 0, plan="3:endless",
+                                    parallel=("ls -lR $M >/dev/null",), keep=True)
+    try:
+        assert session.mounted
+        assert not session.problems and not session.overran, session.describe()
+        assert session.report.get("endless_entries"), session.describe()
+        assert "no entry of the listing resolved" in session.log.read_text(), \
+            session.describe()
     finally:
         shutil.rmtree(session.workdir, ignore_errors=True)
 
