@@ -1,12 +1,15 @@
-"""Server benchmark: qsf-server against diod, side by side, same load generator.
+"""Server benchmark: qsf-server against diod (and qfsd), side by side, same load generator.
 
     python -m bench.server [--size tiny|small|medium|large] [--markdown] [--json FILE]
+    QFSD=/path/to/qfsd python -m bench.server --servers qsf,diod,qfsd
 
 Each server runs on one end of a socketpair (the shape of a qrexec channel)
 and is driven by bench.ninep_load, which keeps --depth requests in flight.
 Workloads: small operations (walk + getattr + clunk of existing files),
 sequential read and sequential write; diod and qsf at msize 64 KiB, qsf at
-1 MiB too (diod caps msize at 64 KiB). Rounds are interleaved (qsf, diod, qsf,
+1 MiB too (diod caps msize at 64 KiB). Upstream's Rust server, qfsd
+(qubes-shared-folders: `qfsd READFD WRITEFD EXPORT`), joins them at 64 KiB
+when --qfsd or $QFSD names its binary. Rounds are interleaved (qsf, diod, qsf,
 diod, ...) and the median of each is reported, with the CPU time the generator
 and the server used (100% = one core), so that the reader sees which one was
 the bottleneck. The read file is in the page cache for both servers.
@@ -61,7 +64,7 @@ SIZES = {
 class Config:
     """A server at one msize."""
 
-    server: str  # "qsf" or "diod"
+    server: str  # "qsf", "diod" or "qfsd"
     msize: int
     workloads: tuple[str, ...]
 
@@ -95,8 +98,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_argv(server: str, export: Path, msize: int, profile: Path | None = None) -> list[str]:
+def server_argv(server: str, export: Path, msize: int, profile: Path | None = None,
+                qfsd: str | None = None) -> list[str]:
     """The command serving `export` on stdin/stdout (qsf under cProfile if `profile`)."""
+    if server == "qfsd":
+        if not qfsd:
+            raise SystemExit("qfsd: give its binary with --qfsd PATH or $QFSD")
+        return [qfsd, "0", "1", str(export)]
     if server == "qsf" and profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "qsf_server",
                 "--msize", str(msize), str(export)]
@@ -120,12 +128,12 @@ class Server:
     """One server process on one end of a socketpair; we hold the other end."""
 
     def __init__(self, server: str, export: Path, msize: int, log: Path,
-                 profile: Path | None = None) -> None:
+                 profile: Path | None = None, qfsd: str | None = None) -> None:
         self.log = log
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with theirs, open(log, "ab") as log_file:
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                server_argv(server, export, msize, profile),
+                server_argv(server, export, msize, profile, qfsd),
                 stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=log_file, close_fds=True,
                 # diod sometimes crashes when its channel closes: its core
                 # dump lands in the temporary log folder, removed at the end.
@@ -170,10 +178,11 @@ def run_workload(server: Server, workload: str, export: Path, size: Size,
 
 
 def measure(config: Config, export: Path, size: Size, depth: int, names: list[bytes],
-            log_dir: Path, profile: Path | None = None) -> list[Sample]:
+            log_dir: Path, profile: Path | None = None,
+            qfsd: str | None = None) -> list[Sample]:
     """One round of config's workloads on a fresh server process."""
     server = Server(config.server, export, config.msize, log_dir / f"{config.server}.log",
-                    profile)
+                    profile, qfsd)
     samples = []
     try:
         aname = str(export).encode()
@@ -255,7 +264,7 @@ def ratio(sample: Sample, medians: list[Sample]) -> str:
 
 
 def table(medians: list[Sample], markdown: bool) -> str:
-    header = ["workload", "server", "rate", "qsf/diod", "client CPU", "server CPU"]
+    header = ["workload", "server", "rate", "/diod", "client CPU", "server CPU"]
     rows = []
     for workload in WORKLOADS:
         for sample in medians:
@@ -263,7 +272,7 @@ def table(medians: list[Sample], markdown: bool) -> str:
                 continue
             rows.append([
                 workload, sample.config, f"{sample.rate:,.0f} {sample.unit}",
-                ratio(sample, medians) if sample.server == "qsf" else "",
+                ratio(sample, medians) if sample.server != "diod" else "",
                 f"{sample.client_cpu_percent:.0f}%", f"{sample.server_cpu_percent:.0f}%",
             ])
     if markdown:
@@ -294,8 +303,10 @@ parser.add_argument("--size", choices=SIZES, default="medium",
                     help="work per round and number of rounds (tiny: seconds, for CI)")
 parser.add_argument("--rounds", type=int, help="override the size's number of rounds")
 parser.add_argument("--depth", type=int, default=32, help="requests in flight (default 32)")
-parser.add_argument("--servers", default="qsf,diod",
-                    help="comma-separated, from qsf and diod (default both)")
+parser.add_argument("--servers", help="comma-separated, from qsf, diod and qfsd (default: "
+                    "qsf,diod, and qfsd when its binary is given)")
+parser.add_argument("--qfsd", default=os.environ.get("QFSD"), metavar="PATH",
+                    help="upstream's qfsd binary (default: $QFSD)")
 parser.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, from: {', '.join(WORKLOADS)}")
 parser.add_argument("--dir", help="where to make the exported folder (default: $TMPDIR)")
@@ -308,10 +319,14 @@ parser.add_argument("--json", type=Path, help="also write every sample and the m
 
 def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(args)
-    servers = [s for s in options.servers.split(",") if s]
+    default = "qsf,diod,qfsd" if options.qfsd else "qsf,diod"
+    servers = [s for s in (options.servers or default).split(",") if s]
     workloads = tuple(w for w in options.workloads.split(",") if w)
-    if not servers or not set(servers) <= {"qsf", "diod"}:
-        parser.error("--servers takes qsf and/or diod")
+    if not servers or not set(servers) <= {"qsf", "diod", "qfsd"}:
+        parser.error("--servers takes some of qsf, diod and qfsd")
+    if "qfsd" in servers and not (options.qfsd and os.access(options.qfsd, os.X_OK)):
+        parser.error(f"qfsd: {options.qfsd or 'no binary given'} is not an executable "
+                     "(--qfsd PATH or $QFSD)")
     if not workloads or not set(workloads) <= set(WORKLOADS):
         parser.error(f"--workloads takes some of: {', '.join(WORKLOADS)}")
     if options.depth < 1 or options.depth > 0xFFFE:
@@ -332,7 +347,7 @@ def main(args: list[str] | None = None) -> int:
                     profile = Path(f"{options.profile}-{config.msize // KIB}k-{number + 1}.prof")
                     profiles.append(profile)
                 samples += measure(config, export, size, options.depth, names, Path(logs),
-                                   profile)
+                                   profile, options.qfsd)
     medians = summarise(samples)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.server " + " ".join(args if args is not None else sys.argv[1:])

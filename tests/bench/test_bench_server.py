@@ -46,3 +46,33 @@ def test_tiny_benchmark_measures_qsf_and_diod(tmp_path: Path) -> None:
     # The printed table shows every configuration with its ratio to diod.
     for config, _ in expected:
         assert config in stdout
+
+
+def test_qfsd_joins_when_its_binary_is_given(tmp_path: Path) -> None:
+    """Upstream's qfsd is not packaged here: a stand-in with its command line
+    (`qfsd READFD WRITEFD EXPORT`) that runs diod checks the plumbing."""
+    diod = support.need_program("diod")
+    stand_in = tmp_path / "qfsd"
+    stand_in.write_text(f'#!/bin/sh\nexec {diod} -f -n -c /dev/null -L stderr -e "$3" '
+                        '--rfdno "$1" --wfdno "$2"\n')
+    stand_in.chmod(0o755)
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.server", "--size", "tiny", "--workloads", "small ops",
+         "--json", str(out)],
+        cwd=support.REPO, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "QFSD": str(stand_in)},
+    )
+    assert result.returncode == 0, result.stderr
+    configs = {s["config"] for s in json.loads(out.read_text())["medians"]}
+    assert configs == {"qsf @ 64 KiB", "diod @ 64 KiB", "qfsd @ 64 KiB"}
+    assert "qfsd @ 64 KiB" in result.stdout
+
+
+def test_qfsd_without_a_binary_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.server", "--servers", "qsf,qfsd", "--qfsd", "/nonexistent"],
+        cwd=support.REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "qfsd: /nonexistent is not an executable" in result.stderr
