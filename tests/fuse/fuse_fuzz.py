@@ -220,15 +220,17 @@ class Session:
                     self.problems.append(f"process {pid} ({_comm(pid)}) outlived the client")
                     os.kill(pid, signal.SIGKILL)
         self.check_log(client)
+        # The client kills a server it judged unresponsive once the channel is
+        # closed: then the proxy's last report is the one of its last mutation.
+        killed = "killing it" in self.log.read_text(errors="replace")
         try:
             self.report = json.loads((self.workdir / "proxy.json").read_text())
         except (OSError, ValueError):
             self.report = {}
-            # The client kills a server it judged unresponsive once the channel is closed.
-            if "killing it" not in self.log.read_text(errors="replace"):
+            if not killed:
                 self.problems.append("the proxy left no report (it crashed)")
         else:
-            if not self.report.get("client_eof"):
+            if not self.report.get("client_eof") and not killed:
                 self.problems.append("the proxy never saw the channel close")
         if not self.report.get("endless_entries"):
             # Only a listing that never ends may keep a program busy that long.

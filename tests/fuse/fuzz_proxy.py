@@ -10,8 +10,9 @@ same plan (the n-th reply gets the same treatment; which request is the n-th
 one may vary with the timing of concurrent requests). Standard library only:
 it starts fast and shares no code with the client it attacks.
 
-At exit (the client closed the channel) it writes a JSON report: the seed,
-the mutations made, whether the client's EOF was seen.
+It writes a JSON report (the seed, the mutations made, whether the client's
+EOF was seen) after each mutation and at exit: a client that judges the
+server frozen kills it.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def string(data: bytes) -> bytes:
 
 class Proxy:
     def __init__(self, seed: int, timeout: float, server: list[str],
-                 plan: dict[int, str] | None = None) -> None:
+                 plan: dict[int, str] | None = None, report: str | None = None) -> None:
+        self.report = report
         self.rng = random.Random(seed)
         self.plan = plan  # reply number -> mutation: exactly these, nothing at random
         self.seed = seed
@@ -184,6 +186,7 @@ class Proxy:
                     self.endless.add(fid)
                 if fid in self.endless:
                     self.send(self.endless_listing(kind, tag, request))
+                    self.save_report()
                     continue
             mutation = self.choose(count, kind)
             if mutation is None:
@@ -191,6 +194,7 @@ class Proxy:
             else:
                 with self.lock:
                     self.mutations.append((count, mutation))
+                self.save_report()
                 self.mutate(mutation, frame, request)
         # The server closed: so does the channel to the client.
         with self.lock, contextlib.suppress(OSError):
@@ -395,6 +399,18 @@ class Proxy:
 
     # -- life cycle ----------------------------------------------------------
 
+    def save_report(self) -> None:
+        if self.report is None:
+            return
+        with self.lock:
+            state = {"seed": self.seed, "rate": self.rate, "mutations": list(self.mutations),
+                     "client_eof": self.client_eof.is_set(),
+                     "endless_entries": self.endless_entries}
+        partial = f"{self.report}.partial"
+        with open(partial, "w") as report:
+            json.dump(state, report)
+        os.replace(partial, self.report)
+
     def run(self) -> int:
         replies = threading.Thread(target=self.replies, daemon=True)
         replies.start()
@@ -423,13 +439,9 @@ def main() -> int:
     if args.plan is not None:
         plan = {int(n): kind for n, kind in (item.split(":") for item in args.plan.split(","))}
         assert set(plan.values()) <= set(KINDS), plan
-    proxy = Proxy(args.seed, args.timeout, args.server, plan)
+    proxy = Proxy(args.seed, args.timeout, args.server, plan, args.report)
     status = proxy.run()
-    if args.report:
-        with open(args.report, "w") as report:
-            json.dump({"seed": args.seed, "rate": proxy.rate, "mutations": proxy.mutations,
-                       "client_eof": proxy.client_eof.is_set(),
-                       "endless_entries": proxy.endless_entries}, report)
+    proxy.save_report()
     return status
 
 
