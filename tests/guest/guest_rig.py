@@ -102,22 +102,40 @@ class Guest:
             self._qemu = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + BOOT_TIMEOUT
+        while True:
+            self._connect(deadline)
+            # The first answer says the guest is up (the agent runs in the chroot).
+            try:
+                result = self.run(["true"], timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except (ConnectionResetError, BrokenPipeError):
+                # QEMU drops the host end while the guest's port comes up (seen
+                # once under load): connect again and ask again ("true" is harmless).
+                assert self._control is not None
+                self._control.close()
+                self._control = None
+                self._buffer = b""
+                if time.monotonic() > deadline:
+                    raise GuestError(f"the guest's control channel kept resetting\n"
+                                     f"console:\n{self.console_tail()}") from None
+                time.sleep(0.5)
+        if result.rc != 0:
+            raise GuestError(f"the guest agent answered {result}")
+
+    def _connect(self, deadline: float) -> None:
+        assert self._qemu is not None
         while self._control is None:
             if self._qemu.poll() is not None:
                 raise GuestError(self._qemu_died())
             if time.monotonic() > deadline:
                 raise GuestError(f"QEMU did not create {self.control_socket}")
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 control.connect(str(self.control_socket))
                 self._control = control
             except (FileNotFoundError, ConnectionRefusedError):
                 control.close()
                 time.sleep(0.05)
-        # The first answer says the guest is up (the agent runs in the chroot).
-        result = self.run(["true"], timeout=BOOT_TIMEOUT)
-        if result.rc != 0:
-            raise GuestError(f"the guest agent answered {result}")
 
     def _qemu_died(self) -> str:
         assert self._qemu is not None
