@@ -5,6 +5,13 @@ and forgotten on any setxattr/removexattr through this mount: `ls -l` asks
 every file for security.selinux and system.posix_acl_access, one after the
 other, and a server rarely has them. An attribute asked of one listed file is
 asked of the XATTR_READ_AHEAD files listed after it at once, in the background.
+
+The security.* and trusted.* namespaces belong to the server qube's kernel (its
+SELinux labels, file capabilities, IMA hashes): on this mount they are not
+supported, answered here without a request (EOPNOTSUPP) and left out of
+listings. `ls -l` then asks security.selinux once per mount instead of once per
+file (coreutils remembers a file system without it), and a write's check for
+security.capability costs no round trip.
 """
 
 from __future__ import annotations
@@ -24,6 +31,15 @@ from .core import Core
 from .inodes import Node, UnknownInode
 
 XATTR_READ_AHEAD: Final = 64
+SERVER_ONLY_PREFIXES: Final = (b"security.", b"trusted.")
+
+
+def check_name(name: bytes) -> None:
+    """Refuse a name no file can have, and the server qube's own namespaces."""
+    if not name or b"\0" in name:
+        raise P9Error(errno.EINVAL)
+    if name.startswith(SERVER_ONLY_PREFIXES):
+        raise P9Error(errno.EOPNOTSUPP)
 
 
 class Xattrs:
@@ -53,8 +69,7 @@ class Xattrs:
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._nodes.get(inode)
-        if not name or b"\0" in name:
-            raise P9Error(errno.EINVAL)
+        check_name(name)
         pending: dict[bytes, trio.Event] = node.extra.get("xattr_pending", {})
         if name in pending:  # asked already by the read-ahead
             await pending[name].wait()
@@ -144,11 +159,13 @@ class Xattrs:
         if self._has_none(node):
             return []
         names = await self.read(node, b"")
-        return [name for name in names.split(b"\0") if name]
+        return [
+            name for name in names.split(b"\0")
+            if name and not name.startswith(SERVER_ONLY_PREFIXES)
+        ]
 
     async def write(self, node: Node, name: bytes, value: bytes, flags: int) -> None:
-        if not name or b"\0" in name:
-            raise P9Error(errno.EINVAL)
+        check_name(name)
         if len(value) > XATTR_SIZE_MAX:
             raise P9Error(errno.E2BIG)
         node.extra.pop("absent_xattrs", None)

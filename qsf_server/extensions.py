@@ -42,12 +42,16 @@ def attributes(qid: m.Qid, st: os.stat_result) -> m.Rgetattr:
     )
 
 
+# The server qube's own namespaces (SELinux labels, capabilities): a qsf client
+# does not show them, so they do not count as "has extended attributes".
+CLIENT_XATTR_EXCLUDED: Final = ("security.", "trusted.")
 _NO_ATTR: Final = m.Rgetattr(0, m.Qid(0, 0, 0), *(0,) * 18)
 
 
 def list_directory_plus(open_fd: int) -> list[tuple[bytes, os.stat_result | None, bool]]:
     """Each entry of open directory open_fd with its lstat and whether it has
-    extended attributes (True also when that cannot be told: then the client asks).
+    extended attributes outside security.* and trusted.* (True also when that
+    cannot be told: then the client asks).
 
     Runs in a worker thread. Each entry is opened O_PATH|O_NOFOLLOW relative to
     the directory (never followed) to list its attributes through its descriptor.
@@ -64,7 +68,10 @@ def list_directory_plus(open_fd: int) -> list[tuple[bytes, os.stat_result | None
                 try:
                     now = os.fstat(fd)
                     if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                        has_xattrs = bool(os.listxattr(fs.proc_path(fd)))
+                        has_xattrs = any(
+                            not xattr.startswith(CLIENT_XATTR_EXCLUDED)
+                            for xattr in os.listxattr(fs.proc_path(fd))
+                        )
                 except OSError:
                     pass
                 finally:

@@ -134,6 +134,29 @@ def test_extended_attributes(mounted: Mount) -> None:
     assert error.value.errno == errno.ENODATA
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can set trusted.* and security.*")
+def test_server_qube_namespaces_are_not_supported(mounted: Mount) -> None:
+    """security.* and trusted.* are the server qube's (its SELinux labels and
+    file capabilities): not listed, not read, not written through the mount."""
+    mnt, export = mounted.mnt, mounted.export
+    (export / "f").write_bytes(b"x")
+    os.setxattr(export / "f", "security.qsf-test", b"label")
+    os.setxattr(export / "f", "trusted.qsf-test", b"t")
+    os.setxattr(export / "f", "user.colour", b"red")
+    assert os.listxattr(mnt / "f") == ["user.colour"]
+    for name in ("security.qsf-test", "security.selinux", "trusted.qsf-test"):
+        for call, args in ((os.getxattr, ()), (os.setxattr, (b"new",)), (os.removexattr, ())):
+            with pytest.raises(OSError) as error:
+                call(mnt / "f", name, *args)
+            assert error.value.errno == errno.EOPNOTSUPP
+    assert os.getxattr(export / "f", "security.qsf-test") == b"label"
+    assert os.getxattr(export / "f", "trusted.qsf-test") == b"t"
+    # ls -l shows the file as a plain one (no "." for an SELinux context).
+    listing = subprocess.run(["ls", "-l", str(mnt / "f")], capture_output=True, text=True,
+                             check=True).stdout
+    assert listing.startswith("-rw-r--r-- ")
+
+
 def test_rename_flags_are_refused(mounted: Mount) -> None:
     (mounted.mnt / "a").write_bytes(b"a")
     (mounted.mnt / "b").write_bytes(b"b")

@@ -99,6 +99,24 @@ async def test_qsfreaddir_gives_attributes_and_xattr_presence(export: Path) -> N
         assert entries[b"link"].flags & c.QSF_DIRENT_XATTRS  # symlinks: ask the server
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can set trusted.* and security.*")
+async def test_server_qube_namespaces_do_not_count_as_xattrs(export: Path) -> None:
+    """A file with only security.* and trusted.* attributes (an SELinux label on
+    every file of a Fedora server qube) is listed as having none: qsf-fuse does
+    not show those namespaces, so its shortcut for files without any holds."""
+    labelled, mixed = export / "labelled.txt", export / "mixed.txt"
+    for path in (labelled, mixed):
+        path.write_bytes(b"x")
+        os.setxattr(path, "security.qsf-test", b"label")
+        os.setxattr(path, "trusted.qsf-test", b"t")
+    os.setxattr(mixed, "user.colour", b"red")
+    async with served(export, handshake=False) as client:
+        await _qsf_handshake(client)
+        entries = {entry.name: entry for entry in await _qsf_listing(client)}
+        assert not entries[b"labelled.txt"].flags & c.QSF_DIRENT_XATTRS
+        assert entries[b"mixed.txt"].flags & c.QSF_DIRENT_XATTRS
+
+
 async def test_watch_reports_changes_made_in_the_export(export: Path) -> None:
     async with served(export, handshake=False) as client:
         await _qsf_handshake(client)
