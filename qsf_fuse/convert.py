@@ -30,9 +30,12 @@ _FILE_TYPES: Final = frozenset(
 )
 
 # Host open(2) flags passed on to the server in Tlopen/Tlcreate, bit by bit.
-# O_CREAT/O_EXCL/O_TRUNC are the kernel's business (create, setattr), the
-# others (O_DIRECT, O_NOATIME, ...) have no meaning on the server's side.
+# O_TRUNC goes too: libfuse asks for atomic O_TRUNC, so the kernel sends it in
+# the open instead of a setattr of the size. O_CREAT/O_EXCL are the create's
+# business, the others (O_DIRECT, O_NOATIME, ...) have no meaning on the
+# server's side.
 _OPEN_FLAGS: Final = (
+    (os.O_TRUNC, c.L_O_TRUNC),
     (os.O_APPEND, c.L_O_APPEND),
     (os.O_DSYNC, c.L_O_DSYNC),
     (os.O_SYNC, c.L_O_SYNC),  # O_SYNC includes O_DSYNC's bit on Linux

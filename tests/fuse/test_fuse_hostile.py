@@ -87,8 +87,9 @@ def test_hostile_attributes_are_refused() -> None:
 
 def test_open_flags_map_bit_by_bit() -> None:
     assert convert.open_flags(os.O_RDONLY) == 0
+    # O_CREAT belongs to Tlcreate; O_TRUNC goes to the server (atomic O_TRUNC).
     assert convert.open_flags(os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC) == (
-        0o1 | 0o2000)
+        0o1 | 0o1000 | 0o2000)
     assert convert.open_flags(os.O_RDWR | os.O_SYNC) & 0o4000000
     for name in (b"", b".", b"..", b"a/b", b"a\0b"):
         with pytest.raises(convert.P9Error):

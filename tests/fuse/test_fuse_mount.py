@@ -134,6 +134,23 @@ def test_extended_attributes(mounted: Mount) -> None:
     assert error.value.errno == errno.ENODATA
 
 
+def test_open_with_o_trunc_truncates_on_the_server(mounted: Mount) -> None:
+    """`>` onto a longer file: the server's copy is cut too (the kernel sends
+    O_TRUNC in the open and truncates only its own view)."""
+    mnt, export = mounted.mnt, mounted.export
+    (export / "f").write_bytes(b"a" * 8192)
+    assert (mnt / "f").stat().st_size == 8192
+    subprocess.run(["sh", "-c", f"echo b > {shlex.quote(str(mnt / 'f'))}"], check=True)
+    assert (export / "f").read_bytes() == b"b\n"
+    assert (mnt / "f").read_bytes() == b"b\n"
+    fd = os.open(mnt / "f", os.O_RDWR | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+    assert (export / "f").stat().st_size == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can set trusted.* and security.*")
 def test_server_qube_namespaces_are_not_supported(mounted: Mount) -> None:
     """security.* and trusted.* are the server qube's (its SELinux labels and
