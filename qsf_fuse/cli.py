@@ -199,7 +199,8 @@ async def _mount_and_serve(
     operations = Operations(
         client, root_fid, root_qid, nursery,
         FsOptions(cache_timeout=config.cache_timeout, ignoreqv=config.ignoreqv,
-                  max_fids=config.max_fids, notify_timeout=config.notify_timeout),
+                  max_fids=config.max_fids, notify_timeout=config.notify_timeout,
+                  writeback=config.writeback),
     )
     # The watchers call pyfuse3.terminate(), only while the session lives: after
     # pyfuse3.close it would use freed memory.

@@ -55,6 +55,8 @@ class FsOptions:
     max_fids: int = DEFAULT_MAX_FIDS  # fids kept by known inodes (beyond: walk again)
     # The same cache while the server pushes change events (notify.py).
     notify_timeout: float = 300.0
+    # Writeback caching: the kernel keeps written data and sends it later (data.py).
+    writeback: bool = False
 
 
 def boundary(

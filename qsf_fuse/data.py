@@ -4,6 +4,13 @@ File data in the page cache is kept across opens only while qid.version, mtime
 and size are unchanged, and a file whose qid.version is 0 (a server that does
 not version its files, such as diod) is read and written without the page
 cache (direct_io) unless `ignoreqv` is set.
+
+With writeback caching (`writeback`), the kernel answers write(2) from its page
+cache and sends the data later (on fsync, close, memory pressure or after
+dirty_expire): it may then read the pages around a partial write, so write-only
+opens are made read-write where the server allows it, and it places appends at
+its own end of file, so O_APPEND is not sent. A write that fails then is kept by
+the kernel as the file's error and returned by the next fsync(2) or close(2).
 """
 
 from __future__ import annotations
@@ -50,12 +57,33 @@ class Files:
         node.open_key = key
         return pyfuse3.FileInfo(fh=fh, direct_io=unversioned, keep_cache=keep)
 
+    def _wire_flags(self, flags: int) -> int:
+        wire_flags = convert.open_flags(flags)
+        if self._options.writeback:
+            wire_flags &= ~c.L_O_APPEND
+            if wire_flags & os.O_ACCMODE == c.L_O_WRONLY:
+                wire_flags = wire_flags & ~os.O_ACCMODE | c.L_O_RDWR
+        return wire_flags
+
+    async def _lopen(self, fid: int, wire_flags: int, flags: int) -> m.Rlopen:
+        try:
+            return await self._client.call(m.Tlopen(fid, wire_flags), m.Rlopen)
+        except P9Error as error:
+            asked = flags & os.O_ACCMODE
+            if error.errno != errno.EACCES or wire_flags & os.O_ACCMODE == asked:
+                raise
+        # Write-only by permission: the kernel cannot fill partial pages from it
+        # (such a write fails with EIO), whole-page writes still work.
+        return await self._client.call(
+            m.Tlopen(fid, wire_flags & ~os.O_ACCMODE | c.L_O_WRONLY), m.Rlopen
+        )
+
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._nodes.get(inode)
-        wire_flags = convert.open_flags(flags)
+        wire_flags = self._wire_flags(flags)
         fid = await self._core.clone(node)
         try:
-            opened = await self._client.call(m.Tlopen(fid, wire_flags), m.Rlopen)
+            opened = await self._lopen(fid, wire_flags, flags)
             reply = await self._core.getattr_fid(fid)
             attrs = self._core.entry(node, reply)
         except BaseException:
@@ -72,7 +100,7 @@ class Files:
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._nodes.get(parent_inode)
         name = convert.check_name(name)
-        wire_flags = convert.open_flags(flags) | c.L_O_CREAT
+        wire_flags = self._wire_flags(flags) | c.L_O_CREAT
         if flags & os.O_EXCL:
             wire_flags |= c.L_O_EXCL
         fid = await self._core.clone_for_create(parent)

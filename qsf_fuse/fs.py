@@ -61,6 +61,7 @@ class Operations(pyfuse3.Operations):
         # invalidates the inode, and with it the cached ACLs): `ls -l` then asks
         # system.posix_acl_access once per file, not once per listing.
         self.enable_acl = client.qsf
+        self.enable_writeback_cache = self._core.options.writeback
 
     @property
     def nodes(self) -> InodeMap:

@@ -36,6 +36,11 @@ mount options (-o, comma-separated):
   fsname=F           the source shown in /proc/mounts (default qsf)
   subtype=S          the file system type is fuse.S (default qsf)
   ignoreqv           use the page cache even for files whose qid.version is 0
+  writeback          let the kernel cache writes: write(2) returns once the data
+                     is in this qube's page cache and the kernel sends it later,
+                     in larger pieces; a write that never reached the server
+                     (the server qube died) fails the fsync(2) or close(2) that
+                     follows with EIO, so check their results
   max_fids=N         fids kept open on the server for known files (default 4096);
                      beyond that the least recently used are walked again
   default_permissions
@@ -68,6 +73,7 @@ class MountConfig:
     fsname: str = "qsf"
     subtype: str = "qsf"
     ignoreqv: bool = False
+    writeback: bool = False
     max_fids: int = DEFAULT_MAX_FIDS
     kernel_flags: list[str] = field(default_factory=list)
 
@@ -128,6 +134,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                     config.kernel_flags.append(name)
                 elif name == "ignoreqv":
                     config.ignoreqv = True
+                elif name == "writeback":
+                    config.writeback = True
                 elif name == "noqsf":
                     config.qsf = False
                 elif name in FORCED_FLAGS:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import support
-from fuse_mounts import SERVERS, Mount, Server, assert_gone, make_workdir, start_mount, unmount
+from fuse_mounts import Mount, Server, assert_gone, make_workdir, start_mount, unmount
 
 pytestmark = pytest.mark.fuse
 
@@ -39,12 +39,21 @@ class Pair:
         return self.remote, self.local
 
 
-@pytest.fixture(scope="module", params=SERVERS)
+# ignoreqv: diod's files are not versioned; without it MAP_SHARED is refused (direct_io).
+MOUNTS = [
+    pytest.param((Server("qsf"), ()), id="qsf"),
+    pytest.param((Server("diod"), ("ignoreqv",)), id="diod", marks=pytest.mark.diod),
+    pytest.param((Server("qsf"), ("writeback",)), id="qsf-writeback"),
+]
+
+
+@pytest.fixture(scope="module", params=MOUNTS)
 def module_mount(request: pytest.FixtureRequest) -> Iterator[Mount]:
-    server: Server = request.param
+    server: Server
+    options: tuple[str, ...]
+    server, options = request.param
     workdir = make_workdir()
-    # ignoreqv: diod's files are not versioned; without it MAP_SHARED is refused (direct_io).
-    mount = start_mount(server, workdir, ("ignoreqv",) if server.name == "diod" else ())
+    mount = start_mount(server, workdir, options)
     try:
         yield mount
     finally:
