@@ -9,11 +9,13 @@ shape of a qrexec channel and without ssh's crypto: qsf-fuse --exec
 /usr/lib/openssh/sftp-server by socat. Every workload runs on the three
 targets in one round, in an order that rotates from round to round, and the
 median over the rounds is reported with the ratio qsf : sshfs (above 1: qsf is
-better). "qsf" offers the extensions (docs/PROTOCOL.md), "qsf-plain" mounts
-with -o noqsf (plain 9P2000.L, today's caching). Needs root (drop_caches for
+better). "qsf" offers the extensions (docs/PROTOCOL.md), "qsf-writeback" adds
+-o writeback (the kernel caches writes), "qsf-plain" mounts with -o noqsf
+(plain 9P2000.L, today's caching). Needs root (drop_caches for
 the cold rows) and /dev/fuse.
 
-Rows: sequential write (dd, conv=fsync) and read (dd, cold cache) in MB/s;
+Rows: sequential write (dd, conv=fsync) in 1 MiB and in 4 KiB writes, and
+read (dd, cold cache) in MB/s;
 create N empty files and rm them; `ls -l` of a directory of M files (made in
 the export directly) with cold caches, then again (warm); untar of a source
 tree, `find -ls` of it (every entry stat-ed) with cold caches, `rm -rf` of it;
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
-TARGETS = ("qsf", "qsf-plain", "sshfs", "local")
+TARGETS = ("qsf", "qsf-writeback", "qsf-plain", "sshfs", "local")
 # The coherence row waits at most this long for a change to show.
 COHERENCE_CAP = 2.0
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -78,6 +80,7 @@ class Row:
 
 ROWS = (
     Row("seq write", "MB/s", True),
+    Row("4k writes", "MB/s", True),
     Row("seq read (cold)", "MB/s", True),
     Row("create files", "s", False),
     Row("rm files", "s", False),
@@ -241,6 +244,11 @@ def workloads(root: Path, export: Path, size: Size, tree: Path) -> dict[str, flo
     count = size.nbytes // MIB
     results["seq write"] = size.nbytes / MIB / timed(lambda: run(
         ["dd", "if=/dev/zero", f"of={data}", "bs=1M", f"count={count}", "conv=fsync"]))
+    small = root / "small-writes.bin"
+    results["4k writes"] = size.nbytes / 8 / MIB / timed(lambda: run(
+        ["dd", "if=/dev/zero", f"of={small}", "bs=4k", f"count={size.nbytes // 8 // 4096}",
+         "conv=fsync"]))
+    small.unlink()
     drop_caches()
     results["seq read (cold)"] = size.nbytes / MIB / timed(lambda: run(
         ["dd", f"if={data}", "of=/dev/null", "bs=1M"]))
@@ -297,6 +305,8 @@ def measure(size: Size, rounds: int) -> dict[str, dict[str, list[float]]]:
                 context: contextlib.AbstractContextManager[Processes | None]
                 if target == "qsf":
                     context = mounted_qsf(export, mnt)
+                elif target == "qsf-writeback":
+                    context = mounted_qsf(export, mnt, "writeback")
                 elif target == "qsf-plain":
                     context = mounted_qsf(export, mnt, "noqsf")
                 elif target == "sshfs":
@@ -330,17 +340,19 @@ def _ratio(ours: float, theirs: float, higher_is_better: bool) -> str:
 def table(results: dict[str, dict[str, list[float]]], size: Size) -> str:
     lines = [
         f"| workload ({size.files} files, ls of {size.listed}, {size.nbytes // MIB} MiB) "
-        "| qsf-fuse | qsf-fuse plain 9P | sshfs | local | qsf : sshfs | plain : sshfs "
-        "| qsf : local |",
-        "|---|---|---|---|---|---|---|---|",
+        "| qsf-fuse | qsf-fuse writeback | qsf-fuse plain 9P | sshfs | local | qsf : sshfs "
+        "| writeback : sshfs | plain : sshfs | qsf : local |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         medians = {t: statistics.median(results[t][row.name]) for t in TARGETS}
         shown = {t: _show(medians[t], row.unit) for t in TARGETS}
         better = row.higher_is_better
         lines.append(
-            f"| {row.name} | {shown['qsf']} | {shown['qsf-plain']} | {shown['sshfs']} "
-            f"| {shown['local']} | {_ratio(medians['qsf'], medians['sshfs'], better)} "
+            f"| {row.name} | {shown['qsf']} | {shown['qsf-writeback']} | {shown['qsf-plain']} "
+            f"| {shown['sshfs']} | {shown['local']} "
+            f"| {_ratio(medians['qsf'], medians['sshfs'], better)} "
+            f"| {_ratio(medians['qsf-writeback'], medians['sshfs'], better)} "
             f"| {_ratio(medians['qsf-plain'], medians['sshfs'], better)} "
             f"| {_ratio(medians['qsf'], medians['local'], better)} |")
     return "\n".join(lines)

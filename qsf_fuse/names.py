@@ -4,6 +4,7 @@ and removing names, statfs and access."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 
@@ -16,6 +17,8 @@ from . import convert
 from .client import P9Error
 from .core import Core
 from .inodes import Node
+
+log = logging.getLogger(__name__)
 
 
 class Names:
@@ -70,13 +73,22 @@ class Names:
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._nodes.get(inode)
-        if fh is not None and fh in self._core.files:
-            # ftruncate/fchmod/futimens: the open file, even if unlinked since.
-            fid = self._core.files[fh].fid
-            await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
-        else:
-            async with self._core.use(node) as fid:
+        try:
+            if fh is not None and fh in self._core.files:
+                # ftruncate/fchmod/futimens: the open file, even if unlinked since.
+                fid = self._core.files[fh].fid
                 await self._client.call(convert.setattr_message(fid, attr, fields), m.Rsetattr)
+            else:
+                async with self._core.use(node) as fid:
+                    await self._client.call(convert.setattr_message(fid, attr, fields),
+                                            m.Rsetattr)
+        except P9Error as error:
+            if error.errno != errno.ENOENT or not self._kernel_time_flush(fields):
+                raise
+            # The kernel writing back the times it kept (writeback caching) of a
+            # file removed since: nothing is left to update. Failing it would
+            # fail the next syncfs(2) of the whole mount.
+            log.debug("times of inode %d not written back: the file is gone", inode)
         if node.attrs is None:
             async with self._core.use(node) as fid:
                 return self._core.entry(node, await self._core.getattr_fid(fid))
@@ -85,6 +97,14 @@ class Names:
         attrs = convert.after_setattr(node.attrs, attr, fields)
         node.attrs = attrs
         return attrs
+
+    def _kernel_time_flush(self, fields: pyfuse3.SetattrFields) -> bool:
+        """Whether a setattr is what a writeback-caching kernel sends for the
+        modification times it kept: times only, and that mode on."""
+        return self._core.options.writeback and not (
+            fields.update_mode or fields.update_uid or fields.update_gid
+            or fields.update_size or fields.update_atime
+        )
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._nodes.get(inode)

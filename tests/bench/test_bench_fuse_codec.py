@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import support
 
-WORKLOADS = ("seq write", "seq read (cold)", "create files", "rm files", "ls -l (cold)",
-             "ls -l (warm)", "untar tree", "find + stat (cold)", "rm -rf tree",
+WORKLOADS = ("seq write", "4k writes", "seq read (cold)", "create files", "rm files",
+             "ls -l (cold)", "ls -l (warm)", "untar tree", "find + stat (cold)", "rm -rf tree",
              "4k random read", "coherence", "client CPU", "server CPU")
 # Rows that are 0 for the local directory (no mount, no processes).
 LOCAL_ZERO = ("coherence", "client CPU", "server CPU")
@@ -35,7 +35,7 @@ def run_bench(argv: list[str], timeout: float) -> str:
 
 
 @pytest.mark.fuse
-def test_tiny_fuse_benchmark_measures_qsf_plain_sshfs_and_local(tmp_path: Path) -> None:
+def test_tiny_fuse_benchmark_measures_qsf_writeback_plain_sshfs_and_local(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the FUSE benchmark drops the page cache: it needs root")
     support.need_fuse()
@@ -46,7 +46,7 @@ def test_tiny_fuse_benchmark_measures_qsf_plain_sshfs_and_local(tmp_path: Path) 
     out = tmp_path / "fuse.json"
     stdout = run_bench(["bench.fuse_bench", "--size", "tiny", "--json", str(out)], 420)
     report = json.loads(out.read_text())
-    assert set(report) == {"qsf", "qsf-plain", "sshfs", "local"}
+    assert set(report) == {"qsf", "qsf-writeback", "qsf-plain", "sshfs", "local"}
     for setup, rows in report.items():
         assert set(rows) == set(WORKLOADS), setup
         for workload, samples in rows.items():

@@ -150,3 +150,20 @@ def test_write_only_files_as_the_qube_user(server: Server, workdir: Path) -> Non
         assert_gone(servers)
     finally:
         unmount(mount, check=False)
+
+
+def test_syncfs_after_removing_a_written_file(server: Server, workdir: Path) -> None:
+    """The kernel writes back the times it kept of a file removed since: that is
+    no error (it used to fail the next `sync -f` of the whole mount with ENOENT)."""
+    mount = _mount(server, workdir)
+    try:
+        for index in range(3):
+            path = mount.mnt / f"gone-{index}"
+            path.write_bytes(DATA[:10000])
+            path.unlink()
+        subprocess.run(["sync", "-f", str(mount.mnt)], check=True)
+        servers = mount.server_pids()
+        unmount(mount)
+        assert_gone(servers)
+    finally:
+        unmount(mount, check=False)
