@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -240,6 +241,11 @@ class FidPool:
         self._free.append(fid)
 
 
+def _fd_of(stream: object) -> int | None:
+    """The descriptor under a stream, for direct reads and writes (None: use the stream)."""
+    return stream.fileno() if isinstance(stream, trio.lowlevel.FdStream) else None
+
+
 class P9Client:
     """A 9P2000.L connection. Create with `connect`, inside a nursery that outlives it."""
 
@@ -259,6 +265,11 @@ class P9Client:
         self._next_tag = 0
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](_SEND_QUEUE)
+        # Frames in the outbox or being written by the writer: while there are
+        # none, a frame is written at once by its caller (on a file descriptor).
+        self._queued = 0
+        self._send_fd = _fd_of(send_stream)
+        self._receive_fd = _fd_of(receive_stream)
         self._failure: str | None = None
         self._nursery: trio.Nursery | None = None
         self.fids = FidPool()
@@ -352,6 +363,7 @@ class P9Client:
                     size += len(frame)
                 await self._send_stream.send_all(batch[0] if len(batch) == 1
                                                  else b"".join(batch))
+                self._queued -= len(batch)
         except trio.EndOfChannel:
             return  # fail() closed the outbox: nothing more is sent
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
@@ -360,7 +372,7 @@ class P9Client:
     async def _reader(self) -> None:
         try:
             while True:
-                data = await self._receive_stream.receive_some(_RECEIVE_CHUNK)
+                data = await self._receive()
                 if not data:
                     self.fail("the server closed the channel")
                     return
@@ -374,6 +386,49 @@ class P9Client:
             # A bug of ours on some reply: the mount must live on (EIO), the log says where.
             log.error("9P reader failed", exc_info=error)
             self.fail(f"internal error: {error!r}")
+
+    async def _receive(self) -> bytes:
+        if self._receive_fd is None:
+            return bytes(await self._receive_stream.receive_some(_RECEIVE_CHUNK))
+        # On a descriptor, read it directly: FdStream's checkpoints would cost
+        # two more passes of the event loop per reply.
+        while True:
+            try:
+                return os.read(self._receive_fd, _RECEIVE_CHUNK)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._receive_fd)
+
+    def _post_nowait(self, frame: bytes) -> None:
+        """Send frame, or queue it for the writer; trio.WouldBlock if the queue is full."""
+        if self._send_fd is not None and not self._queued:
+            # Nothing queued: written here, without waking the writer.
+            try:
+                written = os.write(self._send_fd, frame)
+            except BlockingIOError:
+                written = 0
+            except OSError as error:
+                self.fail(f"cannot send: {error}")
+                raise trio.ClosedResourceError from None
+            if written == len(frame):
+                return
+            frame = frame[written:]  # the queue is empty: the rest goes first
+        self._queued += 1
+        try:
+            self._outbox_send.send_nowait(frame)
+        except BaseException:
+            self._queued -= 1
+            raise
+
+    async def _post(self, frame: bytes) -> None:
+        try:
+            self._post_nowait(frame)
+        except trio.WouldBlock:
+            self._queued += 1
+            try:
+                await self._outbox_send.send(frame)
+            except BaseException:
+                self._queued -= 1
+                raise
 
     def _dispatch(self) -> None:
         """Hand every complete reply to its call."""
@@ -474,10 +529,7 @@ class P9Client:
         sent = False
         try:
             with trio.move_on_after(self.timeout):
-                try:
-                    self._outbox_send.send_nowait(frame)
-                except trio.WouldBlock:
-                    await self._outbox_send.send(frame)
+                await self._post(frame)
                 sent = True
                 await call.done.wait()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -518,10 +570,7 @@ class P9Client:
                 call = _Call(request)
                 self._calls[tag] = call
                 posted.append((tag, call))
-                try:
-                    self._outbox_send.send_nowait(frame)
-                except trio.WouldBlock:
-                    await self._outbox_send.send(frame)
+                await self._post(frame)
                 sent.add(tag)
             deadline = trio.current_time() + self.timeout
             results: list[m.Message | P9Error] = []

@@ -6,17 +6,23 @@ that wait for a worker thread (read, write, readdir, fsync) and Tflush each
 run as a task in its own cancel scope, so that Tflush can abandon them. At
 most `max_in_flight` such tasks run at once (`max_bulk` of them carrying
 bulk data); when full, the reader stops reading, which pushes back on the
-client. Replies go through a bounded channel to a single writer task, which
-joins whatever has gathered into one write, so frames never interleave. A
-reply is either in the channel before its Rflush or never sent. Tversion
+client. Replies of tasks go through a bounded channel to a single writer
+task, which joins whatever has gathered into one write, so frames never
+interleave. Replies given on the spot gather in the reader; once it has no
+more input it writes them itself when the writer is idle (no wake-up of the
+writer), else hands them to the channel, and always before it starts another
+task: a reply is either in the channel (or written) before its Rflush or never
+sent. Tversion
 abandons every request, waits for them to end and starts a new session. A
 framing error closes the connection; a bad message gets Rlerror.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -87,6 +93,14 @@ class Connection:
         # Bounded in frames, each below msize: with the bulk limit this bounds the
         # reply bytes held when the client reads slowly.
         self._replies, self._reply_queue = trio.open_memory_channel[bytes](max_bulk)
+        self._max_bulk = max_bulk
+        # Replies the reader gave on the spot, not yet written or handed on.
+        self._ready: list[bytes] = []
+        # The rest of a direct write the pipe did not take: the writer sends it first.
+        self._carry = b""
+        self._writing = False  # the writer holds frames it has not written yet
+        self._send_fd = _fd_of(send)
+        self._receive_fd = _fd_of(receive)
 
     @property
     def in_flight(self) -> int:
@@ -130,20 +144,28 @@ class Connection:
             await self._queue(self._new_session(version), tag)
 
     async def _read_requests(self, requests: trio.Nursery) -> Ending | tuple[int, m.Tversion]:
+        try:
+            return await self._read_until_version(requests)
+        finally:
+            await self._hand_on()  # before a new session's Rversion; dropped if cancelled
+
+    async def _read_until_version(
+        self, requests: trio.Nursery
+    ) -> Ending | tuple[int, m.Tversion]:
         decoder = self._decoder
         while True:
             try:
                 item = decoder.next_message()
             except MessageError as bad:
-                await self._queue(m.Rlerror(bad.errno), bad.tag)
+                await self._answer(m.Rlerror(bad.errno), bad.tag)
                 continue
             except FramingError as bad:
                 log.warning("closing the connection: %s", bad)
                 return Ending.FRAMING
             if item is NEED_DATA:
                 try:
-                    data = await self._receive.receive_some(RECEIVE_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = await self._receive_data()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return Ending.BROKEN
                 decoder.receive_data(data)
                 continue
@@ -153,24 +175,81 @@ class Connection:
             if isinstance(message, m.Tversion):
                 return tag, message
             if self.session is None:
-                await self._queue(m.Rlerror(errno.EPROTO), tag)
+                await self._answer(m.Rlerror(errno.EPROTO), tag)
                 continue
             if tag in self._in_flight:
-                await self._queue(m.Rlerror(errno.EBUSY), tag)
+                await self._answer(m.Rlerror(errno.EBUSY), tag)
                 continue
             if isinstance(message, m.Tread):
                 # Cached data is answered on the spot; a read from the disk gets a task.
                 reply = self.session.read_now(message)
                 if reply is not None:
-                    await self._queue(reply, tag)
+                    await self._answer(reply, tag)
                     continue
             if isinstance(message, _OWN_TASK):
+                # What was answered on the spot goes first (before any Rflush).
+                await self._hand_on()
                 await self._start(requests, tag, message)
             else:
                 # Answered on the spot: these handlers never wait, so a task and a
                 # cancel scope would only cost time, and no Tflush can find them
                 # unanswered. Their replies leave together at the next read.
-                await self._queue(await self.session.handle(message), tag)
+                await self._answer(await self.session.handle(message), tag)
+
+    async def _receive_data(self) -> bytes | bytearray:
+        if self._receive_fd is None:
+            await self._hand_on()
+            return await self._receive.receive_some(RECEIVE_CHUNK)
+        # On a descriptor, read it directly (FdStream's checkpoints cost passes
+        # of the event loop), and write what was answered before waiting.
+        while True:
+            try:
+                return os.read(self._receive_fd, RECEIVE_CHUNK)
+            except BlockingIOError:
+                await self._write_ready()
+                await trio.lowlevel.wait_readable(self._receive_fd)
+
+    async def _answer(self, reply: Message, tag: int) -> None:
+        """Keep a reply given on the spot; hand them on when many have gathered."""
+        self._ready.append(self._frame(reply, tag))
+        if len(self._ready) >= self._max_bulk:
+            await self._hand_on()
+
+    async def _hand_on(self) -> None:
+        """Give the replies answered on the spot to the writer, in order."""
+        while self._ready:
+            frame = self._ready.pop(0)
+            try:
+                self._replies.send_nowait(frame)
+            except trio.WouldBlock:
+                await self._replies.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._ready.clear()  # the writer is gone: nobody reads them
+                return
+
+    async def _write_ready(self) -> None:
+        """Write the gathered replies now if the writer is idle, else hand them on."""
+        if not self._ready:
+            return
+        idle = (self._send_fd is not None and not self._writing and not self._carry
+                and self._replies.statistics().current_buffer_used == 0)
+        if not idle:
+            await self._hand_on()
+            return
+        data = b"".join(self._ready)
+        self._ready.clear()
+        try:
+            written = os.write(self._send_fd, data)  # type: ignore[arg-type]
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            written = len(data)  # the client is gone; the writer finds out too
+        if written < len(data):
+            # Frames must not interleave: the writer sends the rest before anything.
+            self._carry = data[written:]
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):
+                self._replies.send_nowait(b"")  # wakes the writer (the channel is empty)
 
     async def _start(self, requests: trio.Nursery, tag: int, message: Message) -> None:
         await _acquire(self._slots)
@@ -263,8 +342,10 @@ class Connection:
         async with self._reply_queue:
             try:
                 async for frame in self._reply_queue:
-                    frames = [frame]
-                    size = len(frame)
+                    self._writing = True
+                    frames = [self._carry, frame] if self._carry else [frame]
+                    self._carry = b""
+                    size = sum(map(len, frames))
                     while size < _WRITE_BATCH_BYTES:
                         try:
                             frame = self._reply_queue.receive_nowait()
@@ -272,11 +353,18 @@ class Connection:
                             break
                         frames.append(frame)
                         size += len(frame)
-                    await self._send.send_all(frames[0] if len(frames) == 1
-                                              else b"".join(frames))
+                    if size:
+                        await self._send.send_all(frames[0] if len(frames) == 1
+                                                  else b"".join(frames))
+                    self._writing = False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.info("the client stopped reading; closing the connection")
                 connection_scope.cancel()
+
+
+def _fd_of(stream: object) -> int | None:
+    """The descriptor under a stream, for direct reads and writes (None: use the stream)."""
+    return stream.fileno() if isinstance(stream, trio.lowlevel.FdStream) else None
 
 
 async def _acquire(slots: trio.Semaphore) -> None:
