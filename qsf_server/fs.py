@@ -367,7 +367,7 @@ class Export:
         return memoryview(buffer)[:got]
 
     @staticmethod
-    def write(open_fd: int, data: bytes | memoryview, offset: int) -> int:
+    def write(open_fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         if offset >= 1 << 63:
             raise error(errno.EFBIG)
         return os.pwrite(open_fd, data, offset)

@@ -29,6 +29,7 @@ from . import extensions, fs, paging, sysfs
 from .fids import Fid, FidTable, XattrWrite
 from .qids import QidMapper
 from .watcher import Watcher
+from .writes import WriteBatcher
 
 log = logging.getLogger("qsf_server")
 
@@ -61,6 +62,7 @@ class Session:
         self.msize = msize
         self.read_only = read_only
         self.fids = FidTable(max_fids, max_buffered)
+        self._writes = WriteBatcher(export.write)
         self.qids = QidMapper(export.root_place.dev)
         self._handlers: dict[type[Message], Handler] = {
             m.Tauth: self.auth, m.Tattach: self.attach, m.Twalk: self.walk,
@@ -290,8 +292,7 @@ class Session:
                 return m.Rwrite(len(request.data))
             self._refuse_if_read_only()
             open_fd = self._open_fd(fid)
-            written = await self._in_thread(self.export.write, open_fd, request.data,
-                                            request.offset)
+            written = await self._writes.write(open_fd, request.data, request.offset)
             return m.Rwrite(written)
 
     async def fsync(self, request: m.Tfsync) -> Message:

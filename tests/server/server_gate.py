@@ -1,4 +1,5 @@
-"""A file system backend whose reads and fsyncs wait for the test: slow I/O on demand."""
+"""A file system backend whose reads and fsyncs (and writes, if asked) wait for the
+test: slow I/O on demand."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from qsf_server.fs import Export
 
 
 class GatedExport(Export):
-    """Reads and fsyncs wait (in their worker thread) until `gate` is set."""
+    """Reads and fsyncs wait (in their worker thread) until `gate` is set; writes
+    too with gate_writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, gate_writes: bool = False) -> None:
         super().__init__(str(path))
+        self.gate_writes = gate_writes
         self.gate = threading.Event()
         self.waiting = 0
         self._lock = threading.Lock()
@@ -31,6 +34,11 @@ class GatedExport(Export):
     def read(self, open_fd: int, count: int, offset: int) -> bytes:
         self._wait()
         return super().read(open_fd, count, offset)
+
+    def write(self, open_fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        if self.gate_writes:
+            self._wait()
+        return super().write(open_fd, data, offset)
 
     def sync(self, open_fd: int, data_only: bool) -> None:
         self._wait()

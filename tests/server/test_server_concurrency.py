@@ -45,6 +45,39 @@ async def test_slow_read_and_fsync_do_not_hold_up_getattr(tmp_path: Path) -> Non
         gated.close()
 
 
+async def test_writes_queued_behind_a_slow_one_share_one_thread_call(tmp_path: Path) -> None:
+    """Twrites that arrive while one is in its worker thread go in one next thread
+    call, in order; a flushed or clunked one still lands in its own file."""
+    export = make_export(tmp_path)
+    (export / "other").write_bytes(b"")
+    gated = GatedExport(export, gate_writes=True)
+    try:
+        async with served(gated.path, export=gated) as client:
+            fid = await client.open(b"file", flags=c.L_O_RDWR)
+            first = await client.send(m.Twrite(fid, 0, b"A" * 10))
+            await wait_until(lambda: gated.waiting == 1)
+            tags = [await client.send(m.Twrite(fid, 10 * i, bytes([65 + i]) * 10))
+                    for i in range(1, 20)]
+            flush = await client.send(m.Tflush(tags[5]))
+            # The fid goes while its writes wait; its descriptor stays theirs, and
+            # a file opened meanwhile (which may get the same number) is not written.
+            await client.clunk(fid)
+            other = await client.open(b"other", flags=c.L_O_RDWR)
+            gated.gate.set()
+            assert await client.reply(first) == m.Rwrite(10)
+            replies = dict([await client.receive() for _ in range(len(tags))])
+            assert replies.pop(flush) == m.Rflush()  # the flushed write is never answered
+            assert replies == {tag: m.Rwrite(10) for tag in tags if tag != tags[5]}
+            session = client.connection.session  # type: ignore[attr-defined]
+            assert session._writes.batches == 2
+            await client.clunk(other)
+        expected = b"".join(bytes([65 + i]) * 10 for i in range(20))
+        assert (export / "file").read_bytes()[:200] == expected
+        assert (export / "other").read_bytes() == b""
+    finally:
+        gated.close()
+
+
 async def test_flush_abandons_a_request_and_answers_after_it(tmp_path: Path) -> None:
     gated = GatedExport(make_export(tmp_path))
     try:
