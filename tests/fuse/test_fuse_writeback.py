@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,23 @@ REQUEST_TIMEOUT = 1.0
 DATA = os.urandom(1 << 20)
 
 
-def _mount(server: Server, workdir: Path) -> Mount:
+def _mount(server: Server, workdir: Path, *, as_user: bool = False) -> Mount:
     # ignoreqv: diod does not version files, and unversioned files bypass the page cache.
     options = ("writeback", "ignoreqv", f"request_timeout={REQUEST_TIMEOUT}")
-    return start_mount(server, workdir, options)
+    return start_mount(server, workdir, options, as_user=as_user)
+
+
+@contextlib.contextmanager
+def _cleanly_mounted(server: Server, workdir: Path, *, as_user: bool = False) -> Iterator[Mount]:
+    """A writeback mount that must end cleanly: unmounted, client and server gone."""
+    mount = _mount(server, workdir, as_user=as_user)
+    try:
+        yield mount
+        servers = mount.server_pids()
+        unmount(mount)
+        assert_gone(servers)
+    finally:
+        unmount(mount, check=False)
 
 
 def _dirty_file(mount: Mount) -> int:
@@ -99,8 +113,7 @@ def test_what_fsync_acknowledged_is_on_the_server(server: Server, workdir: Path)
 
 
 def test_close_writes_back_and_appends_land_at_the_end(server: Server, workdir: Path) -> None:
-    mount = _mount(server, workdir)
-    try:
+    with _cleanly_mounted(server, workdir) as mount:
         with open(mount.mnt / "log", "wb") as f:
             f.write(b"first\n")
         assert (mount.export / "log").read_bytes() == b"first\n"  # close wrote it back
@@ -115,18 +128,12 @@ def test_close_writes_back_and_appends_land_at_the_end(server: Server, workdir: 
         finally:
             os.close(fd)
         assert (mount.export / "log").read_bytes() == b"First\nsecond\n"
-        servers = mount.server_pids()
-        unmount(mount)
-        assert_gone(servers)
-    finally:
-        unmount(mount, check=False)
 
 
 def test_write_only_files_as_the_qube_user(server: Server, workdir: Path) -> None:
     """A file its owner may only write (mode 0200): opened write-only on the
     server after read-write is refused, so writes still reach it."""
-    mount = start_mount(server, workdir, ("writeback", "ignoreqv"), as_user=True)
-    try:
+    with _cleanly_mounted(server, workdir, as_user=True) as mount:
         script = (
             "import os, sys\n"
             "path = sys.argv[1]\n"
@@ -145,25 +152,14 @@ def test_write_only_files_as_the_qube_user(server: Server, workdir: Path) -> Non
         assert run.returncode == 0, run.stderr
         assert (mount.export / "secret").read_bytes() == b"y" * 4096
         assert (mount.export / "secret").stat().st_mode & 0o777 == 0o200
-        servers = mount.server_pids()
-        unmount(mount)
-        assert_gone(servers)
-    finally:
-        unmount(mount, check=False)
 
 
 def test_syncfs_after_removing_a_written_file(server: Server, workdir: Path) -> None:
     """The kernel writes back the times it kept of a file removed since: that is
     no error (it used to fail the next `sync -f` of the whole mount with ENOENT)."""
-    mount = _mount(server, workdir)
-    try:
+    with _cleanly_mounted(server, workdir) as mount:
         for index in range(3):
             path = mount.mnt / f"gone-{index}"
             path.write_bytes(DATA[:10000])
             path.unlink()
         subprocess.run(["sync", "-f", str(mount.mnt)], check=True)
-        servers = mount.server_pids()
-        unmount(mount)
-        assert_gone(servers)
-    finally:
-        unmount(mount, check=False)
