@@ -236,17 +236,17 @@ class Connection:
         if not idle:
             await self._hand_on()
             return
-        data = b"".join(self._ready)
-        self._ready.clear()
+        frames, self._ready = self._ready, []
+        total = sum(map(len, frames))
         try:
-            written = os.write(self._send_fd, data)  # type: ignore[arg-type]
+            written = os.writev(self._send_fd, frames)  # type: ignore[arg-type]
         except BlockingIOError:
             written = 0
         except OSError:
-            written = len(data)  # the client is gone; the writer finds out too
-        if written < len(data):
+            written = total  # the client is gone; the writer finds out too
+        if written < total:
             # Frames must not interleave: the writer sends the rest before anything.
-            self._carry = data[written:]
+            self._carry = b"".join(frames)[written:]
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
                                      trio.ClosedResourceError):
                 self._replies.send_nowait(b"")  # wakes the writer (the channel is empty)
