@@ -400,6 +400,9 @@ class P9Client:
 
     def _post_nowait(self, frame: bytes) -> None:
         """Send frame, or queue it for the writer; trio.WouldBlock if the queue is full."""
+        if self._failure is not None:
+            # The descriptor may be closed already, and its number reused.
+            raise trio.ClosedResourceError
         if self._send_fd is not None and not self._queued:
             # Nothing queued: written here, without waking the writer.
             try:
